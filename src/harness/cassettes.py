@@ -1,0 +1,363 @@
+"""Cassettes: HTTP exchanges kept in vcrpy's format, replayed through a hash index.
+
+Layout: one cassette per (dataset, provider, conversation)::
+
+    cassettes/<dataset-stem>/<provider>/<conversation-id>.yaml   (or .json)
+
+Each file is a plain vcrpy cassette (`version: 1`, `interactions: [...]`), so vcrpy and
+pytest-recording replay it too. Splitting per conversation keeps recording linear and
+atomic (a conversation's file is written with temp file + rename when it completes) and lets
+concurrent conversations record without sharing a file.
+
+Requests match on method, host, path and the canonical JSON body (sorted keys), never on
+headers. Lookups go through a dict built once per file, so replay is O(1) per request
+instead of vcrpy's scan; the k-th identical request gets the k-th recording.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zlib
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+import yaml
+
+RecordMode = Literal["none", "once", "new_episodes", "all"]
+RECORD_MODES: tuple[str, ...] = ("none", "once", "new_episodes", "all")
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+SECRET_HEADERS = frozenset(
+    {
+        "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
+        "cookie", "set-cookie", "openai-organization", "openai-project", "anthropic-organization-id",
+    }
+)
+SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token"})
+SCRUBBED = "<scrubbed>"
+LATENCY_HEADER = "x-harness-latency-ms"
+
+
+class CassetteError(ValueError):
+    """A cassette file that cannot be read as a vcrpy cassette."""
+
+
+class MissingRecording(LookupError):
+    """Replay asked for a request the cassette does not hold."""
+
+
+@dataclass
+class Interaction:
+    """One recorded request and its response, bodies as raw (decoded) bytes."""
+
+    method: str
+    uri: str
+    request_headers: dict[str, list[str]]
+    request_body: bytes
+    status: int
+    reason: str
+    response_headers: dict[str, list[str]]
+    response_body: bytes
+
+    def request_json(self) -> Any:
+        """The request body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.request_body)
+        except ValueError:
+            return None
+
+    def header(self, name: str) -> str | None:
+        """A response header, case-insensitively (vcrpy keeps the recorder's spelling)."""
+        return _header(self.response_headers, name)
+
+
+def _header(headers: dict[str, list[str]], name: str) -> str | None:
+    name = name.lower()
+    for key, values in headers.items():
+        if key.lower() == name:
+            return values[0] if isinstance(values, list) and values else values
+    return None
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    # pydantic-ai's `parsed_body` layout: the body as structured YAML
+    return json.dumps(value).encode("utf-8")
+
+
+def _decode_body(body: bytes, headers: dict[str, list[str]]) -> bytes:
+    encoding = (_header(headers, "content-encoding") or "").lower()
+    if body[:2] == b"\x1f\x8b" or encoding == "gzip":
+        try:
+            return gzip.decompress(body)
+        except (OSError, EOFError):
+            return body
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:
+            return body
+    return body
+
+
+def _body_field(part: dict) -> Any:
+    if "parsed_body" in part:
+        return part["parsed_body"]
+    body = part.get("body")
+    if isinstance(body, dict):
+        body = body.get("string", body.get("base64_string"))
+        if isinstance(part.get("body"), dict) and "base64_string" in part["body"]:
+            body = base64.b64decode(body)
+    return body
+
+
+def _interaction(raw: Any, where: str) -> Interaction:
+    try:
+        request, response = raw["request"], raw["response"]
+        status = response.get("status") or {}
+        req_headers = request.get("headers") or {}
+        resp_headers = response.get("headers") or {}
+        return Interaction(
+            method=str(request["method"]).upper(),
+            uri=str(request["uri"]),
+            request_headers=req_headers,
+            request_body=_decode_body(_as_bytes(_body_field(request)), req_headers),
+            status=int(status.get("code", 0)),
+            reason=str(status.get("message", "")),
+            response_headers=resp_headers,
+            response_body=_decode_body(_as_bytes(_body_field(response)), resp_headers),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CassetteError(f"{where}: not a vcrpy interaction ({exc!r} missing or wrong)") from None
+
+
+def read_cassette(path: str | Path) -> list[Interaction]:
+    """Every interaction of a vcrpy cassette (YAML or JSON), bodies decoded.
+
+    Reads what vcrpy and pytest-recording write, gzip and base64 bodies included, and
+    pydantic-ai's `parsed_body` variant.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_Loader)
+    except (yaml.YAMLError, ValueError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f"{path}:{line + 1}" if line is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CassetteError(f"{where}: not a valid cassette: {problem}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
+        raise CassetteError(f"{path}: not a vcrpy cassette: expected an 'interactions' list")
+    if data.get("version", 1) != 1:
+        raise CassetteError(
+            f"{path}: unsupported cassette version {data.get('version')!r} (expected 1)"
+        )
+    return [_interaction(raw, f"{path}: interaction {i}") for i, raw in enumerate(data["interactions"])]
+
+
+# --- matching -------------------------------------------------------------------------------
+
+
+def canonical_body(body: bytes) -> bytes:
+    """JSON bodies with sorted keys and no whitespace; anything else as it is."""
+    try:
+        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        return body
+
+
+def request_key(method: str, url: str, body: bytes) -> bytes:
+    """What a request is matched on: method, host, path and canonical body (never headers)."""
+    parts = urlsplit(url)
+    h = hashlib.blake2b(digest_size=16)
+    for piece in (method.upper().encode(), (parts.hostname or "").encode(), parts.path.encode()):
+        h.update(piece)
+        h.update(b"\0")
+    h.update(canonical_body(body))
+    return h.digest()
+
+
+# --- scrubbing ------------------------------------------------------------------------------
+
+
+def scrub_url(url: str, secrets: list[str]) -> str:
+    parts = urlsplit(url)
+    query = [
+        (k, SCRUBBED if k.lower() in SECRET_QUERY_PARAMS else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return scrub_text(urlunsplit(parts._replace(query=urlencode(query, safe="<>"))), secrets)
+
+
+def scrub_text(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, SCRUBBED)
+    return text
+
+
+def scrub_headers(headers: dict[str, list[str]], secrets: list[str]) -> dict[str, list[str]]:
+    return {
+        name: [SCRUBBED] if name.lower() in SECRET_HEADERS else [scrub_text(v, secrets) for v in values]
+        for name, values in headers.items()
+    }
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+    if safe != name:
+        safe += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return safe
+
+
+def cassette_path(root: str | Path, dataset: str, provider: str, conversation: str,
+                  serializer: str = "yaml") -> Path:
+    """Where one conversation's recordings for one provider live."""
+    return Path(root) / _safe_name(dataset) / _safe_name(provider) / f"{_safe_name(conversation)}.{serializer}"
+
+
+def _headers_dict(headers: httpx.Headers) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for name, value in headers.multi_items():
+        out[name].append(value)
+    return dict(out)
+
+
+def _to_text(body: bytes) -> str | bytes:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body
+
+
+@dataclass
+class Cassette:
+    """One cassette file opened for replay and/or recording in a vcrpy record mode."""
+
+    path: Path
+    mode: RecordMode = "none"
+    secrets: list[str] = field(default_factory=list)
+    existed: bool = False
+    _index: dict[bytes, deque[Interaction]] = field(default_factory=dict)
+    _recorded: list[dict] = field(default_factory=list)
+    _kept: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: RecordMode = "none",
+             secrets: list[str] | None = None) -> Cassette:
+        path = Path(path)
+        cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
+        cassette.existed = path.exists()
+        if cassette.existed and mode != "all":
+            for interaction in read_cassette(path):
+                key = request_key(interaction.method, interaction.uri, interaction.request_body)
+                cassette._index.setdefault(key, deque()).append(interaction)
+            if mode == "new_episodes":
+                cassette._kept = _raw_interactions(path)
+        return cassette
+
+    @property
+    def may_record(self) -> bool:
+        return self.mode in ("all", "new_episodes") or (self.mode == "once" and not self.existed)
+
+    def play(self, request: httpx.Request) -> tuple[httpx.Response, float] | None:
+        """The next recording of this request with its recorded latency, or None."""
+        if self.mode == "all":
+            return None
+        queue = self._index.get(request_key(request.method, str(request.url), request.content))
+        if not queue:
+            return None
+        hit = queue.popleft()
+        headers = [(k, v) for k, values in hit.response_headers.items() for v in values
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        latency = float(hit.header(LATENCY_HEADER) or "nan")
+        response = httpx.Response(hit.status, headers=headers, content=hit.response_body,
+                                  request=request)
+        return response, latency
+
+    def record(self, request: httpx.Request, response: httpx.Response, latency_ms: float) -> None:
+        """Keep one exchange (credentials scrubbed) for the next `save`."""
+        secrets = self.secrets
+        response_headers = {
+            k: v for k, v in _headers_dict(response.headers).items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        }
+        response_headers[LATENCY_HEADER] = [f"{latency_ms:.1f}"]
+        self._recorded.append({
+            "request": {
+                "body": _scrub_body(request.content, secrets),
+                "headers": scrub_headers(_headers_dict(request.headers), secrets),
+                "method": request.method,
+                "uri": scrub_url(str(request.url), secrets),
+            },
+            "response": {
+                "body": {"string": _scrub_body(response.content, secrets)},
+                "headers": scrub_headers(response_headers, secrets),
+                "status": {"code": response.status_code, "message": response.reason_phrase},
+            },
+        })
+
+    def save(self) -> None:
+        """Write the cassette atomically (temp file + rename) if anything new was recorded."""
+        if not self._recorded:
+            return
+        write_cassette(self.path, self._kept + self._recorded)
+        self._kept, self._recorded = self._kept + self._recorded, []
+
+
+def _scrub_body(body: bytes, secrets: list[str]) -> str | bytes:
+    text = _to_text(body)
+    return scrub_text(text, secrets) if isinstance(text, str) else text
+
+
+def _raw_interactions(path: Path) -> list[dict]:
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))["interactions"]
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)["interactions"]
+
+
+def write_cassette(path: Path, interactions: list[dict]) -> None:
+    """Write a vcrpy cassette atomically: a reader sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"interactions": interactions, "version": 1}
+    if path.suffix == ".json":
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+    else:
+        text = yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,195 @@
+"""Providers: a named target = wire protocol + base URL + model + API key + default params.
+
+Each wire protocol is one module here with two pure functions::
+
+    build_request(messages, params) -> dict          # the JSON body to POST
+    parse_response(status, headers, body) -> Reply   # body is the raw (decoded) bytes
+
+and a `PATH` appended to the provider's base URL. Nothing else knows a provider's JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROTOCOLS = {
+    "openai": "openai",
+    "cohere-v1": "cohere_v1",
+    "cohere-v2": "cohere_v2",
+    "anthropic": "anthropic",
+}
+
+
+class ProviderConfigError(ValueError):
+    """A provider that cannot be used as configured (unknown name, bad TOML, missing key)."""
+
+
+def protocol_module(protocol: str) -> ModuleType:
+    """The adapter module of a wire protocol."""
+    if protocol not in PROTOCOLS:
+        known = ", ".join(PROTOCOLS)
+        raise ProviderConfigError(f"unknown protocol {protocol!r} (expected one of: {known})")
+    return importlib.import_module(f"harness.providers.{PROTOCOLS[protocol]}")
+
+
+class Provider(BaseModel):
+    """A named chat endpoint. `params` are defaults merged under each run's params."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    protocol: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    rate_limit: float | None = Field(default=None, description="requests per minute")
+    description: str = ""
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        protocol_module(value)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def adapter(self) -> ModuleType:
+        return protocol_module(self.protocol)
+
+    @property
+    def url(self) -> str:
+        return self.base_url + self.adapter.PATH
+
+    def api_key(self) -> str | None:
+        """The key from the environment, or None when this provider needs none or it is unset."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def request_headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"content-type": "application/json", **self.headers}
+        if api_key:
+            scheme = f"{self.auth_scheme} " if self.auth_scheme else ""
+            headers[self.auth_header] = scheme + api_key
+        return headers
+
+    def build_body(self, messages: list, params: Mapping[str, Any] | None = None) -> dict:
+        merged = {**self.params, **(params or {}), "model": self.model}
+        return self.adapter.build_request(messages, merged)
+
+
+def _openai_compatible(name: str, base_url: str, model: str, key: str | None, **kw) -> Provider:
+    return Provider(
+        name=name, protocol="openai", base_url=base_url, model=model, api_key_env=key, **kw
+    )
+
+
+PRESETS: dict[str, Provider] = {
+    p.name: p
+    for p in [
+        _openai_compatible(
+            "together", "https://api.together.xyz/v1",
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo", "TOGETHER_API_KEY",
+            description="Together AI (OpenAI-compatible)",
+        ),
+        _openai_compatible(
+            "assemblyai", "https://llm-gateway.assemblyai.com/v1",
+            "claude-sonnet-4-5-20250929", "ASSEMBLYAI_API_KEY", auth_scheme="",
+            description="AssemblyAI LLM Gateway (OpenAI-compatible, bare key in Authorization)",
+        ),
+        _openai_compatible(
+            "openai", "https://api.openai.com/v1", "gpt-4o-mini", "OPENAI_API_KEY",
+            description="OpenAI chat completions",
+        ),
+        _openai_compatible(
+            "groq", "https://api.groq.com/openai/v1", "llama-3.3-70b-versatile", "GROQ_API_KEY",
+            description="Groq (OpenAI-compatible)",
+        ),
+        _openai_compatible(
+            "mistral", "https://api.mistral.ai/v1", "mistral-small-latest", "MISTRAL_API_KEY",
+            description="Mistral (OpenAI-compatible)",
+        ),
+        _openai_compatible(
+            "openrouter", "https://openrouter.ai/api/v1", "openai/gpt-4o-mini",
+            "OPENROUTER_API_KEY", description="OpenRouter (OpenAI-compatible)",
+        ),
+        Provider(
+            name="cohere", protocol="cohere-v2", base_url="https://api.cohere.com/v2",
+            model="command-a-03-2025", api_key_env="CO_API_KEY",
+            description="Cohere Chat v2 (messages)",
+        ),
+        Provider(
+            name="cohere-v1", protocol="cohere-v1", base_url="https://api.cohere.com/v1",
+            model="command-r-plus-08-2024", api_key_env="CO_API_KEY",
+            description="Cohere Chat v1 (message + chat_history)",
+        ),
+        Provider(
+            name="anthropic", protocol="anthropic", base_url="https://api.anthropic.com/v1",
+            model="claude-haiku-4-5", api_key_env="ANTHROPIC_API_KEY",
+            auth_header="x-api-key", auth_scheme="", headers={"anthropic-version": "2023-06-01"},
+            params={"max_tokens": 1024}, description="Anthropic Messages",
+        ),
+        _openai_compatible(
+            "local", os.environ.get("HARNESS_LOCAL_URL", "http://127.0.0.1:8080/v1"), "local",
+            None, description="Any OpenAI-compatible server on this machine (HARNESS_LOCAL_URL)",
+        ),
+    ]
+}
+
+
+def load_providers_file(path: str | Path) -> dict[str, Provider]:
+    """Providers from a TOML file with `[providers.NAME]` tables (protocol, base_url, model...)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProviderConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProviderConfigError(f"{path}: invalid TOML: {exc}") from None
+    tables = data.get("providers")
+    if not isinstance(tables, dict) or not tables:
+        raise ProviderConfigError(f"{path}: expected [providers.NAME] tables")
+    providers = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ProviderConfigError(f"{path}: providers.{name}: expected a table")
+        base = PRESETS.get(table.get("preset", "")) if "preset" in table else None
+        fields = {**(base.model_dump() if base else {}), **table, "name": name}
+        fields.pop("preset", None)
+        try:
+            providers[name] = Provider(**fields)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "table"
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ProviderConfigError(f"{path}: providers.{name}.{where}: {msg}") from None
+    return providers
+
+
+def resolve(names: list[str], extra: Mapping[str, Provider] | None = None) -> list[Provider]:
+    """Look providers up by name among the presets and any user-defined ones."""
+    known = {**PRESETS, **(extra or {})}
+    out = []
+    for name in names:
+        if name not in known:
+            raise ProviderConfigError(
+                f"unknown provider {name!r} (known: {', '.join(sorted(known))})"
+            )
+        out.append(known[name])
+    return out
