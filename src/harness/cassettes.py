@@ -162,10 +162,7 @@ def read_cassette(path: str | Path) -> list[Interaction]:
     except UnicodeDecodeError:
         raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_Loader)
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
     except (yaml.YAMLError, ValueError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -240,7 +237,8 @@ def _safe_name(name: str) -> str:
 def cassette_path(root: str | Path, dataset: str, provider: str, conversation: str,
                   serializer: str = "yaml") -> Path:
     """Where one conversation's recordings for one provider live."""
-    return Path(root) / _safe_name(dataset) / _safe_name(provider) / f"{_safe_name(conversation)}.{serializer}"
+    folder = Path(root) / _safe_name(dataset) / _safe_name(provider)
+    return folder / f"{_safe_name(conversation)}.{serializer}"
 
 
 def _headers_dict(headers: httpx.Headers) -> dict[str, list[str]]:
@@ -271,16 +269,17 @@ class Cassette:
 
     @classmethod
     def open(cls, path: str | Path, mode: RecordMode = "none",
-             secrets: list[str] | None = None) -> Cassette:
+             secrets: list[str] | None = None, keep: bool = False) -> Cassette:
+        """Open for `mode`; `keep` (a resumed run) keeps what an unfinished run recorded."""
         path = Path(path)
         cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
-        cassette.existed = path.exists()
-        if cassette.existed and mode != "all":
+        cassette.existed = path.exists() and not keep
+        if path.exists() and mode != "all":
             for interaction in read_cassette(path):
                 key = request_key(interaction.method, interaction.uri, interaction.request_body)
                 cassette._index.setdefault(key, deque()).append(interaction)
-            if mode == "new_episodes":
-                cassette._kept = _raw_interactions(path)
+        if path.exists() and (mode == "new_episodes" or keep):
+            cassette._kept = _raw_interactions(path)
         return cassette
 
     @property
@@ -361,3 +360,34 @@ def write_cassette(path: Path, interactions: list[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- vcrpy / pytest-recording ------------------------------------------------------------------
+
+
+def vcr_json_body_matcher(r1: Any, r2: Any) -> None:
+    """A vcrpy matcher: bodies equal as canonical JSON (vcrpy's `body` compares bytes)."""
+    b1, b2 = (_as_bytes(r.body) for r in (r1, r2))
+    if canonical_body(b1) != canonical_body(b2):
+        raise AssertionError("request bodies differ as JSON")
+
+
+def vcr_config() -> dict[str, Any]:
+    """Settings that make vcrpy / pytest-recording match and scrub the way harness does.
+
+    In a conftest.py::
+
+        @pytest.fixture(scope="module")
+        def vcr_config():
+            return harness.cassettes.vcr_config()
+
+        def pytest_recording_configure(config, vcr):
+            vcr.register_matcher("json_body", harness.cassettes.vcr_json_body_matcher)
+    """
+    return {
+        "match_on": ["method", "host", "path", "json_body"],
+        "filter_headers": [(h, SCRUBBED) for h in sorted(SECRET_HEADERS)],
+        "filter_query_parameters": [(q, SCRUBBED) for q in sorted(SECRET_QUERY_PARAMS)],
+        "decode_compressed_response": True,
+        "allow_playback_repeats": False,
+    }

@@ -63,6 +63,11 @@ class Provider(BaseModel):
         protocol_module(value)
         return value
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:

@@ -1,0 +1,224 @@
+"""`python -m harness`: replay, compare, diff, providers, and the servers for local work.
+
+Bad input ends in one line on stderr (`harness: error: ...`) and exit code 2, never a
+traceback; `diff` exits 1 when the runs differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from . import compare, results
+from .cassettes import RECORD_MODES, CassetteError, MissingRecording
+from .datasets import DatasetError, load_dataset
+from .providers import PRESETS, Provider, ProviderConfigError, load_providers_file, resolve
+from .replay import HISTORY_MODES, replay
+
+USER_PROVIDERS_FILE = "harness.toml"
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+
+
+def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: int = 80,
+                index: bool = False) -> None:
+    """A DataFrame as a rich table, long texts shortened to `max_chars`."""
+    table = Table(title=title, title_justify="left", show_lines=False)
+    frame = frame.reset_index() if index else frame
+    for column in frame.columns:
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(v, max_chars) for v in row))
+    console.print(table)
+
+
+def _cell(value: object, max_chars: int) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    text = " ".join(str(value).split())
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def print_report(frame: pd.DataFrame, console: Console) -> None:
+    """The comparison tables of one run."""
+    print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
+    print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
+    print_frame(compare.usage(frame), "Token usage and latency", console, index=True)
+    errors = frame[frame["status"] != "ok"]
+    if len(errors):
+        print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
+                            "attempts", "error"]], "Errors and skipped turns", console,
+                    max_chars=100)
+
+
+def _user_providers(path: str | None) -> dict[str, Provider]:
+    if path:
+        return load_providers_file(path)
+    default = Path(USER_PROVIDERS_FILE)
+    return load_providers_file(default) if default.exists() else {}
+
+
+def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
+    folder = cassette_dir / dataset_name
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit)
+    extra = _user_providers(args.providers_file)
+    names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)
+    if not names:
+        raise UsageError(
+            f"no cassettes for {dataset.name!r} under {args.cassettes}/{dataset.name}/: "
+            f"name providers with --provider (known: {', '.join(sorted({**PRESETS, **extra}))})"
+        )
+    providers = resolve(names, extra)
+    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
+                                ("seed", args.seed)) if v is not None}
+    frame = replay(
+        dataset, providers, history=args.history, record_mode=args.record_mode,
+        cassette_dir=args.cassettes, params=params, concurrency=args.concurrency,
+        progress=not args.no_progress,
+    )
+    console = _console()
+    print_report(frame, console)
+    if args.out:
+        path = results.save(frame, args.out)
+        console.print(f"wrote {len(frame)} rows to {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    print_report(results.load(args.results), _console())
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    before, after = results.load(args.baseline), results.load(args.current)
+    changes = compare.diff(before, after)
+    console = _console()
+    if changes.empty:
+        console.print(f"no changes: {len(after)} rows match {args.baseline}")
+        return 0
+    shown = changes[["conversation_id", "turn", "provider", "change", "response_before",
+                     "response_after", "finish_reason_before", "finish_reason_after",
+                     "output_tokens_before", "output_tokens_after"]]
+    print_frame(shown, f"{len(changes)} changed rows", console, max_chars=50)
+    return 1
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    extra = _user_providers(args.providers_file)
+    cassette_dir = Path(args.cassettes)
+    rows = []
+    for name, provider in {**PRESETS, **extra}.items():
+        recorded = sorted(d.parent.name for d in cassette_dir.glob(f"*/{name}") if d.is_dir())
+        rows.append({
+            "provider": name,
+            "protocol": provider.protocol,
+            "model": provider.model,
+            "url": provider.url,
+            "key": "—" if not provider.api_key_env else (
+                f"{provider.api_key_env} set" if provider.api_key() else
+                f"{provider.api_key_env} missing"),
+            "cassettes": ", ".join(recorded) or "—",
+        })
+    print_frame(pd.DataFrame(rows), "Providers", _console(), max_chars=70)
+    return 0
+
+
+def cmd_serve_stub(args: argparse.Namespace) -> int:
+    from .stub_server import serve
+
+    return serve(args.port, args.fault_rate, args.seed)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"harness: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m harness",
+        description="Replay multi-turn chat datasets against LLM providers and compare them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--cassettes", default="cassettes", metavar="DIR",
+                       help="cassette folder (default: cassettes)")
+        p.add_argument("--providers-file", metavar="TOML",
+                       help="extra providers, [providers.NAME] tables "
+                            f"(default: ./{USER_PROVIDERS_FILE} if present)")
+        return p
+
+    p = with_common(sub.add_parser("replay", help="replay a dataset against providers"))
+    p.add_argument("dataset", help="JSONL or JSON dataset")
+    p.add_argument("--provider", "-p", action="append", metavar="NAME",
+                   help="provider to replay against (repeatable; default: every provider "
+                        "with cassettes for this dataset)")
+    p.add_argument("--record-mode", choices=RECORD_MODES, default="none",
+                   help="none: offline from cassettes (default); once: record what is missing; "
+                        "new_episodes: record new requests; all: re-record everything")
+    p.add_argument("--history", choices=HISTORY_MODES, default="auto",
+                   help="earlier assistant turns: the dataset's (reference), the provider's "
+                        "own (self), or the dataset's where it has them (auto, default)")
+    p.add_argument("--answers", metavar="FILE", help="FastChat answer file for MT-Bench questions")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N conversations")
+    p.add_argument("--max-tokens", type=int, metavar="N")
+    p.add_argument("--temperature", type=float, metavar="T")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N",
+                   help="conversations in flight at once (default 4)")
+    p.add_argument("--out", "-o", metavar="FILE", help="write results (.parquet, .csv, .jsonl)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("compare", help="print the comparison tables of a results file")
+    p.add_argument("results")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
+    p.add_argument("baseline")
+    p.add_argument("current")
+    p.set_defaults(func=cmd_diff)
+
+    p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
+    p.set_defaults(func=cmd_providers)
+
+    p = sub.add_parser("serve-stub", help="run the deterministic stub server on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8099)
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_serve_stub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, DatasetError, ProviderConfigError, MissingRecording, CassetteError,
+            ValueError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"harness: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,107 @@
+"""Comparison tables over a results DataFrame (see `harness.results` for its columns)."""
+
+from __future__ import annotations
+
+from difflib import SequenceMatcher
+
+import pandas as pd
+
+from .messages import FINISH_REASONS
+from .results import SORT_KEY, TOKEN_COLUMNS
+
+KEY = ["conversation_id", "turn"]
+
+
+def side_by_side(results: pd.DataFrame, column: str = "response") -> pd.DataFrame:
+    """One row per (conversation, turn): the prompt, the reference and each provider's reply."""
+    base = results.drop_duplicates(KEY)[KEY + ["prompt", "reference"]].set_index(KEY)
+    wide = results.pivot(index=KEY, columns="provider", values=column)
+    wide.columns.name = None
+    order = list(dict.fromkeys(results["provider"]))
+    return base.join(wide[order]).reset_index()
+
+
+def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
+    """Provider x canonical finish reason counts (skipped turns counted as `skipped`)."""
+    reason = results["finish_reason"].fillna(results["status"])
+    table = pd.crosstab(results["provider"], reason)
+    present = [r for r in (*FINISH_REASONS, "skipped") if r in table.columns]
+    table = table.reindex(columns=present + [c for c in table.columns if c not in present])
+    table.columns.name = None
+    return table.reindex(list(dict.fromkeys(results["provider"])))
+
+
+def usage(results: pd.DataFrame) -> pd.DataFrame:
+    """Per provider: turns, errors, token sums and means, latency p50/p95."""
+    groups = results.groupby("provider", sort=False)
+    table = pd.DataFrame({
+        "turns": groups.size(),
+        "ok": groups["status"].apply(lambda s: int((s == "ok").sum())),
+        "errors": groups["status"].apply(lambda s: int((s == "error").sum())),
+        "skipped": groups["status"].apply(lambda s: int((s == "skipped").sum())),
+    })
+    for column in TOKEN_COLUMNS:
+        if results[column].notna().any():
+            table[column] = groups[column].sum(min_count=1)
+    for column in ("input_tokens", "output_tokens"):
+        if column in table:
+            table[f"mean_{column}"] = groups[column].mean().round(1)
+    latency = groups["latency_ms"]
+    table["latency_p50_ms"] = latency.quantile(0.5).round(1)
+    table["latency_p95_ms"] = latency.quantile(0.95).round(1)
+    table["retries"] = groups["attempts"].apply(lambda s: int((s.fillna(1) - 1).clip(lower=0).sum()))
+    table.index.name = "provider"
+    return table
+
+
+def similarity(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean text similarity (0..1, difflib ratio) of each provider's replies to the reference."""
+    has_ref = results[results["reference"].notna() & results["response"].notna()]
+    scores = has_ref.assign(similarity=[
+        SequenceMatcher(None, r, a).ratio()
+        for r, a in zip(has_ref["reference"], has_ref["response"], strict=True)
+    ])
+    out = scores.groupby("provider", sort=False)["similarity"].agg(["mean", "count"])
+    return out.rename(columns={"mean": "similarity", "count": "turns_with_reference"}).round(3)
+
+
+DIFF_COLUMNS = ("response", "finish_reason", "status", "input_tokens", "output_tokens")
+
+
+def diff(baseline: pd.DataFrame, current: pd.DataFrame,
+         columns: tuple[str, ...] = DIFF_COLUMNS) -> pd.DataFrame:
+    """Turns whose reply, finish reason, status or token counts changed between two runs.
+
+    One row per changed (conversation, turn, provider) with `change` naming what changed
+    (`added` / `removed` for rows only one side has) and the before/after values.
+    """
+    key = SORT_KEY
+    merged = baseline.merge(current, on=key, how="outer", suffixes=("_before", "_after"),
+                            indicator=True)
+    changes = []
+    for _, row in merged.iterrows():
+        if row["_merge"] == "left_only":
+            what = ["removed"]
+        elif row["_merge"] == "right_only":
+            what = ["added"]
+        else:
+            what = [c for c in columns if not _same(row[f"{c}_before"], row[f"{c}_after"])]
+        if what:
+            changes.append({
+                **{k: row[k] for k in key},
+                "change": ", ".join(what),
+                **{f"{c}_{side}": row[f"{c}_{side}"] for c in columns
+                   for side in ("before", "after")},
+            })
+    out_columns = [*key, "change", *(f"{c}_{s}" for c in columns for s in ("before", "after"))]
+    return pd.DataFrame(changes, columns=out_columns).sort_values(key, kind="stable").reset_index(
+        drop=True
+    )
+
+
+def _same(a, b) -> bool:
+    if pd.isna(a) and pd.isna(b):
+        return True
+    if pd.isna(a) or pd.isna(b):
+        return False
+    return a == b

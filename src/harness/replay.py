@@ -1,0 +1,385 @@
+"""The engine: every user turn of every conversation, sent to every provider, as result rows.
+
+Conversations run concurrently (one shared httpx.AsyncClient); the turns of a conversation
+run in order, because in `self` and `auto` history a turn's prompt holds the provider's own
+earlier replies. Each (provider, conversation) has its own cassette, saved when the
+conversation ends, so a killed run keeps every conversation it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pandas as pd
+
+from . import results as results_mod
+from .cassettes import Cassette, MissingRecording, RecordMode, cassette_path
+from .datasets import Dataset, Turn, conversation_turns
+from .messages import AssistantMessage, Conversation, Message, Reply
+from .providers import PRESETS, Provider, ProviderConfigError
+from .results import TurnResult
+
+History = Literal["reference", "self", "auto"]
+HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; Retry-After is honoured up to `max_wait`."""
+
+    attempts: int = 4
+    base: float = 0.5
+    max_wait: float = 30.0
+
+    def wait(self, attempt: int, response: httpx.Response | None) -> float:
+        hinted = _retry_after(response) if response is not None else None
+        if hinted is not None:
+            return min(hinted, self.max_wait)
+        return random.uniform(0, min(self.max_wait, self.base * 2 ** (attempt - 1)))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    if ms := response.headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _RateLimiter:
+    """At most `per_minute` requests a minute, spaced evenly."""
+
+    def __init__(self, per_minute: float):
+        self.interval = 60.0 / per_minute
+        self.next_at = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            delay = self.next_at - now
+            self.next_at = max(now, self.next_at) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass
+class _Exchange:
+    """What one logical call produced after its retries."""
+
+    response: httpx.Response | None = None
+    reply: Reply | None = None
+    latency_ms: float | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    """One replay run's settings, shared by every conversation task."""
+
+    dataset: Dataset
+    providers: Sequence[Provider]
+    history: History = "auto"
+    record_mode: RecordMode = "none"
+    cassette_dir: Path = Path("cassettes")
+    serializer: str = "yaml"
+    params: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float = 120.0
+    done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
+    journaling: bool = False
+
+    def cassette_for(self, provider: Provider, conversation: Conversation) -> Path:
+        return cassette_path(
+            self.cassette_dir, self.dataset.name, provider.name, conversation.id, self.serializer
+        )
+
+
+def _secrets(provider: Provider) -> list[str]:
+    keys = {p.api_key() for p in PRESETS.values()} | {provider.api_key()}
+    return sorted((k for k in keys if k), key=len, reverse=True)
+
+
+def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
+    """Fail before any call when a recording or an API key the run needs is missing."""
+    conversations = list(conversations)
+    for provider in run.providers:
+        paths = [(c, run.cassette_for(provider, c)) for c in conversations]
+        absent = [(c, p) for c, p in paths if not p.exists()]
+        if run.record_mode == "none" and absent:
+            conv, path = absent[0]
+            raise MissingRecording(
+                f"no recording for conversation {conv.id!r} turn 1 provider {provider.name!r}: "
+                f"{path} does not exist ({len(absent)} of {len(paths)} missing); "
+                f"record it with --record-mode once"
+                + (f" and {provider.api_key_env} set" if provider.api_key_env else "")
+            )
+        needs_network = run.record_mode in ("all", "new_episodes") or (
+            run.record_mode == "once" and absent
+        )
+        if needs_network and provider.api_key_env and not provider.api_key():
+            raise ProviderConfigError(
+                f"provider {provider.name!r}: {provider.api_key_env} is not set "
+                f"(record mode {run.record_mode!r} needs the API key)"
+            )
+
+
+def _prefix(
+    conversation: Conversation, turns: list[Turn], k: int,
+    own: dict[int, Reply], history: History,
+) -> list[Message] | int:
+    """The messages sent at turn k, or the number of an earlier turn whose failure blocks it."""
+    messages = conversation.messages
+    starts = [t.index for t in turns]
+    out: list[Message] = list(messages[: starts[0]])
+    for j in range(k - 1):
+        out.append(messages[starts[j]])
+        segment = messages[starts[j] + 1 : starts[j + 1]]
+        dataset_has_reply = any(m.role == "assistant" for m in segment)
+        if history == "reference" or (history == "auto" and dataset_has_reply):
+            out.extend(segment)
+            continue
+        reply = own.get(j + 1)
+        if reply is None or reply.finish_reason == "error":
+            return j + 1
+        out.append(AssistantMessage(content=reply.text))
+    out.append(messages[starts[k - 1]])
+    return out
+
+
+async def _call(
+    client: httpx.AsyncClient, run: Run, provider: Provider, cassette: Cassette,
+    request: httpx.Request, where: str, limiter: _RateLimiter | None,
+) -> _Exchange:
+    exchange = _Exchange()
+    for attempt in range(1, run.retry.attempts + 1):
+        exchange.attempts = attempt
+        response: httpx.Response | None = None
+        played = cassette.play(request)
+        if played is not None:
+            response, latency = played
+            exchange.latency_ms = None if math.isnan(latency) else latency
+        elif cassette.may_record:
+            if limiter is not None:
+                await limiter.wait()
+            started = time.perf_counter()
+            try:
+                response = await client.send(request)
+                await response.aread()
+            except httpx.TransportError as exc:
+                exchange.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                exchange.response = exchange.reply = None
+            else:
+                exchange.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+                cassette.record(request, response, exchange.latency_ms)
+        else:
+            raise MissingRecording(
+                f"no recording for {where} in {cassette.path} "
+                f"(record it with --record-mode new_episodes"
+                + (f" and {provider.api_key_env} set)" if provider.api_key_env else ")")
+            )
+        if response is not None:
+            exchange.response, exchange.error = response, None
+            try:
+                exchange.reply = provider.adapter.parse_response(
+                    response.status_code, response.headers, response.content
+                )
+            except ValueError as exc:
+                exchange.reply, exchange.error = None, str(exc)
+            retriable = response.status_code in RETRY_STATUSES or exchange.reply is None
+        else:
+            retriable = True
+        if not retriable or attempt == run.retry.attempts:
+            break
+        if played is None:  # a replayed retry need not wait: the recording already did
+            await asyncio.sleep(run.retry.wait(attempt, response))
+    return exchange
+
+
+async def _replay_conversation(
+    client: httpx.AsyncClient, run: Run, conversation: Conversation,
+    limiters: dict[str, _RateLimiter], emit: Callable[..., None],
+) -> None:
+    turns = conversation_turns(conversation)
+
+    async def one_provider(provider: Provider) -> None:
+        done = run.done.get((conversation.id, provider.name), {})
+        cassette = Cassette.open(run.cassette_for(provider, conversation), run.record_mode,
+                                 _secrets(provider), keep=bool(done))
+        own: dict[int, Reply] = {}
+        headers = provider.request_headers(provider.api_key())
+        try:
+            for turn in turns:
+                if turn.turn in done:  # resumed: finished before, not sent again
+                    result = done[turn.turn]
+                    if result.status == "ok":
+                        own[turn.turn] = Reply(text=result.response or "",
+                                               finish_reason=result.finish_reason or "other")
+                    emit(result, fresh=False)
+                    continue
+                row = {"conversation_id": conversation.id, "turn": turn.turn,
+                       "provider": provider.name, "prompt": turn.prompt,
+                       "reference": turn.reference}
+                prefix = _prefix(conversation, turns, turn.turn, own, run.history)
+                if isinstance(prefix, int):
+                    emit(TurnResult(**row, status="skipped",
+                                    error=f"turn {prefix} failed, so its reply is missing "
+                                          f"from the {run.history} history"))
+                    continue
+                body = provider.build_body(prefix, run.params)
+                request = httpx.Request(
+                    "POST", provider.url, headers=headers,
+                    content=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                )
+                where = (f"conversation {conversation.id!r} turn {turn.turn} "
+                         f"provider {provider.name!r}")
+                exchange = await _call(client, run, provider, cassette, request, where,
+                                       limiters.get(provider.name))
+                result = _row(exchange, row, provider)
+                if exchange.reply is not None:
+                    own[turn.turn] = exchange.reply
+                if run.journaling:  # a row in the journal implies its recording is on disk
+                    cassette.save()
+                emit(result)
+        finally:
+            cassette.save()
+
+    await asyncio.gather(*(one_provider(p) for p in run.providers))
+
+
+def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
+    http_status = exchange.response.status_code if exchange.response is not None else None
+    if exchange.reply is not None:
+        result = TurnResult.from_reply(exchange.reply, **row)
+        result.model = result.model or provider.model
+    else:
+        result = TurnResult(**row, model=provider.model, status="error", finish_reason="error",
+                            error=exchange.error)
+    result.http_status = http_status
+    result.latency_ms = exchange.latency_ms
+    result.attempts = exchange.attempts
+    return result
+
+
+async def replay_async(
+    dataset: Dataset,
+    providers: Sequence[Provider],
+    *,
+    history: History = "auto",
+    record_mode: RecordMode = "none",
+    cassette_dir: str | Path = "cassettes",
+    serializer: str = "yaml",
+    params: dict[str, Any] | None = None,
+    concurrency: int = 4,
+    retry: RetryPolicy | None = None,
+    timeout: float = 120.0,
+    progress: bool = True,
+    on_row: Callable[[TurnResult], None] | None = None,
+    journal: str | Path | None = None,
+) -> pd.DataFrame:
+    """Replay `dataset` against `providers`; returns the results DataFrame.
+
+    With `journal`, every row is appended to that JSONL file as it completes; running
+    again with the same journal resumes: turns already in it are not sent again. The
+    journal is removed once the run has finished.
+    """
+    if history not in HISTORY_MODES:
+        raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
+    run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
+              dict(params or {}), retry or RetryPolicy(), timeout)
+    log = None
+    if journal is not None:
+        log = results_mod.Journal(journal, {
+            "dataset": dataset.name, "conversations": len(dataset), "history": history,
+            "providers": [p.model_dump(mode="json") for p in run.providers],
+            "params": run.params, "record_mode": record_mode,
+        })
+        run.done, run.journaling = log.done(), True
+    check_ready(run, dataset.conversations)
+    limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
+    rows: list[TurnResult] = []
+    total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress,
+               leave=False)
+
+    def emit(result: TurnResult, fresh: bool = True) -> None:
+        rows.append(result)
+        bar.update(1)
+        if fresh and log is not None:
+            log.append(result)
+        if on_row is not None:
+            on_row(result)
+
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    limits = httpx.Limits(max_connections=max(1, concurrency) * len(run.providers))
+
+    async def guarded(conversation: Conversation) -> None:
+        async with semaphore:
+            await _replay_conversation(client, run, conversation, limiters, emit)
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        tasks = [asyncio.ensure_future(guarded(c)) for c in dataset.conversations]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+    frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
+    if log is not None:
+        log.close(remove=True)
+    return frame
+
+
+def replay(dataset: Dataset, providers: Sequence[Provider], **kwargs: Any) -> pd.DataFrame:
+    """Synchronous `replay_async`; works inside Jupyter's running event loop too."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(replay_async(dataset, providers, **kwargs))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(replay_async(dataset, providers, **kwargs))
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,227 @@
+"""Result rows: one per (conversation, turn, provider), a fixed column set, saved by extension."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from .messages import Reply
+
+
+@dataclass
+class TurnResult:
+    """What one provider answered at one turn of one conversation."""
+
+    conversation_id: str
+    turn: int
+    provider: str
+    model: str | None = None
+    prompt: str = ""
+    reference: str | None = None
+    response: str | None = None
+    finish_reason: str | None = None
+    raw_finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    billed_input_tokens: int | None = None
+    billed_output_tokens: int | None = None
+    latency_ms: float | None = None
+    status: str = "ok"          # ok | error | skipped
+    http_status: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    response_id: str | None = None
+    tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
+
+    @classmethod
+    def from_reply(cls, reply: Reply, **row) -> TurnResult:
+        usage = reply.usage
+        tool_calls = (
+            json.dumps([c.model_dump() for c in reply.tool_calls]) if reply.tool_calls else None
+        )
+        return cls(
+            **row,
+            model=reply.model,
+            response=reply.text,
+            finish_reason=reply.finish_reason,
+            raw_finish_reason=reply.raw_finish_reason,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            billed_input_tokens=usage.billed_input_tokens,
+            billed_output_tokens=usage.billed_output_tokens,
+            response_id=reply.response_id,
+            tool_calls=tool_calls,
+            error=reply.error,
+            status="error" if reply.finish_reason == "error" else "ok",
+        )
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
+TOKEN_COLUMNS = (
+    "input_tokens", "output_tokens", "total_tokens", "cached_input_tokens",
+    "reasoning_tokens", "billed_input_tokens", "billed_output_tokens",
+)
+DTYPES: dict[str, str] = {
+    **{c: "string" for c in COLUMNS},
+    **{c: "Int64" for c in TOKEN_COLUMNS},
+    "turn": "Int64",
+    "http_status": "Int64",
+    "attempts": "Int64",
+    "latency_ms": "Float64",
+}
+SORT_KEY = ["conversation_id", "turn", "provider"]
+
+
+def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
+    """Rows as the results DataFrame: the documented columns and dtypes, in a stable order.
+
+    `order` lists conversation ids in dataset order; without it rows sort by id.
+    """
+    records = [asdict(r) if isinstance(r, TurnResult) else r for r in rows]
+    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    frame = normalize(frame)
+    if order is not None:
+        rank = {cid: i for i, cid in enumerate(order)}
+        frame = frame.assign(_rank=frame["conversation_id"].map(rank))
+        frame = frame.sort_values(["_rank", "turn", "provider"], kind="stable").drop(columns="_rank")
+    else:
+        frame = frame.sort_values(SORT_KEY, kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def normalize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Coerce any frame with the result columns onto the documented dtypes."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
+    frame = frame[list(COLUMNS)].copy()
+    for column, dtype in DTYPES.items():
+        values = [_none_if_nan(v) for v in frame[column]]
+        if dtype == "Int64":
+            values = [None if v is None else int(v) for v in values]
+        elif dtype == "Float64":
+            values = [None if v is None else float(v) for v in values]
+        else:
+            values = [None if v is None else str(v) for v in values]
+        frame[column] = pd.array(values, dtype=dtype)
+    return frame
+
+
+def _none_if_nan(value):
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def save(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix in (".jsonl", ".json"):
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        raise ValueError(f"{path}: unknown results format {suffix!r} (use .parquet, .csv or .jsonl)")
+    return path
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """Read a results file written by `save` back into the documented dtypes."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix == ".csv":
+            frame = pd.read_csv(path, dtype={"conversation_id": str}, keep_default_na=False,
+                                na_values=[""])
+        elif suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, orient="records", lines=True, dtype={"conversation_id": str})
+        else:
+            raise ValueError(f"unknown results format {suffix!r} (use .parquet, .csv or .jsonl)")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # pyarrow/parser errors have no common base
+        raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    try:
+        return normalize(frame)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+class Journal:
+    """Rows appended to a JSONL file as they complete, so a killed run can resume.
+
+    The first line is a header naming the run (`fingerprint`); a journal written by
+    a different run is refused rather than silently mixed in. A torn last line (the
+    process died mid-write) is dropped.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: dict):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.rows: list[dict] = []
+        if self.path.exists():
+            self._read()
+        self._fh = None
+
+    def _read(self) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("journal") != self.fingerprint:
+            raise ValueError(
+                f"{self.path}: an unfinished run with other settings left this journal; "
+                "run the same command again to resume it, or delete the file to start over"
+            )
+        for line in lines[1:]:
+            try:
+                self.rows.append(json.loads(line))
+            except ValueError:
+                break
+
+    def done(self) -> dict[tuple[str, str], dict[int, TurnResult]]:
+        """Rows already finished, by (conversation_id, provider) then turn."""
+        out: dict[tuple[str, str], dict[int, TurnResult]] = {}
+        for row in self.rows:
+            result = TurnResult(**row)
+            out.setdefault((result.conversation_id, result.provider), {})[result.turn] = result
+        return out
+
+    def append(self, result: TurnResult) -> None:
+        if self._fh is None:
+            fresh = not self.path.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+            if fresh:
+                self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
+        self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self, *, remove: bool = False) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if remove:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,237 @@
+"""A deterministic chat server on 127.0.0.1 that speaks every wire protocol harness knows.
+
+It is not a model: its replies are built from the request (turn count, the last user message,
+the first one), so that tests and the shipped demo cassettes exercise history, `max_tokens`
+cut-offs, usage and errors over real HTTP. With `fault_rate` it also misbehaves on a seeded
+share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
+timeout, invalid JSON), the way real APIs do.
+
+    python -m harness serve-stub --port 8099
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "drop", "stall", "bad_json")
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def compose_reply(model: str, user_messages: list[str], all_text: str, max_tokens: int | None
+                  ) -> tuple[str, bool, int, int]:
+    """(text, cut_off, input_tokens, output_tokens): words stand in for tokens."""
+    last = user_messages[-1] if user_messages else ""
+    first = user_messages[0] if user_messages else ""
+    parts = [f"{model} reply to turn {len(user_messages)}: you said “{' '.join(_words(last)[:12])}”."]
+    if len(user_messages) > 1:
+        parts.append(f"Earlier you asked “{' '.join(_words(first)[:8])}”.")
+    if "long" in last.lower() or "detail" in last.lower():
+        parts.append(" ".join(f"Point {i}: the answer keeps going." for i in range(1, 40)))
+    words = _words(" ".join(parts))
+    cut = max_tokens is not None and len(words) > max_tokens
+    if cut:
+        words = words[:max_tokens]
+    return " ".join(words), cut, len(_words(all_text)), len(words)
+
+
+def _openai(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))}",
+        "object": "chat.completion",
+        "created": 1767225600,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "length" if cut else "stop"}],
+        "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+    }
+
+
+def _cohere_v2(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
+        "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+        "finish_reason": "MAX_TOKENS" if cut else "COMPLETE",
+        "usage": {"billed_units": {"input_tokens": n_in, "output_tokens": n_out},
+                  "tokens": {"input_tokens": n_in + 7, "output_tokens": n_out}},
+    }
+
+
+def _cohere_v1(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+    return {
+        "response_id": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
+        "text": text,
+        "generation_id": str(uuid.uuid5(uuid.NAMESPACE_URL, text)),
+        "finish_reason": "MAX_TOKENS" if cut else "COMPLETE",
+        "meta": {"api_version": {"version": "1"},
+                 "billed_units": {"input_tokens": n_in, "output_tokens": n_out},
+                 "tokens": {"input_tokens": n_in + 7, "output_tokens": n_out}},
+    }
+
+
+def _anthropic(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+    return {
+        "id": f"msg_{uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True)).hex}",
+        "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": n_in, "output_tokens": n_out},
+    }
+
+
+def _user_texts(path: str, body: dict) -> tuple[list[str], str]:
+    """The user messages of a request and all of its text, per protocol."""
+    if path.endswith("/chat") and "message" in body:  # Cohere v1
+        history = body.get("chat_history") or []
+        users = [h.get("message", "") for h in history if str(h.get("role")).upper() == "USER"]
+        users.append(body.get("message", ""))
+        everything = [body.get("preamble") or "", *(h.get("message", "") for h in history),
+                      body.get("message", "")]
+        return users, " ".join(everything)
+    messages = body.get("messages") or []
+    users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    everything = [_content_text(body.get("system"))] + [_content_text(m.get("content"))
+                                                         for m in messages]
+    return users, " ".join(everything)
+
+
+ROUTES = {
+    "/v1/chat/completions": _openai,
+    "/v2/chat": _cohere_v2,
+    "/v1/chat": _cohere_v1,
+    "/v1/messages": _anthropic,
+}
+
+
+class StubServer:
+    """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
+
+    def __init__(self, port: int = 0, *, fault_rate: float = 0.0, seed: int = 0,
+                 stall_seconds: float = 3.0, api_key: str | None = None):
+        self.fault_rate, self.stall_seconds, self.api_key = fault_rate, stall_seconds, api_key
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.faults: dict[str, int] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> StubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _pick_fault(self) -> str | None:
+        with self.lock:
+            if self.fault_rate and self.random.random() < self.fault_rate:
+                fault = self.random.choice(FAULTS)
+                self.faults[fault] = self.faults.get(fault, 0) + 1
+                return fault
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None):
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _error(self, status: int, message: str, headers: dict[str, str] | None = None):
+                body = {"error": {"message": message, "type": "stub_error"}}
+                self._send(status, json.dumps(body).encode(), headers)
+
+            def do_GET(self) -> None:
+                if self.path in ("/health", "/v1/models"):
+                    self._send(200, b'{"status":"ok"}')
+                else:
+                    self._error(404, f"no route {self.path}")
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                route = ROUTES.get(self.path.split("?")[0])
+                if route is None:
+                    return self._error(404, f"no route {self.path}")
+                if server.api_key is not None:
+                    sent = " ".join(self.headers.get(h, "") for h in ("authorization", "x-api-key"))
+                    if server.api_key not in sent:
+                        return self._error(401, "invalid api key")
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    return self._error(400, "request body is not JSON")
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body,
+                                            "headers": dict(self.headers)})
+                fault = server._pick_fault()
+                if fault == "429":
+                    return self._error(429, "rate limited", {"retry-after": "0.05"})
+                if fault == "500":
+                    return self._error(500, "internal error")
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.close()
+                    return None
+                if fault == "stall":
+                    time.sleep(server.stall_seconds)
+                    return None
+                if fault == "bad_json":
+                    return self._send(200, b'{"choices": [{"message": ')
+                model = str(body.get("model") or "stub")
+                users, everything = _user_texts(self.path, body)
+                if not users or not users[-1]:
+                    return self._error(400, "the last message must be a non-empty user message")
+                max_tokens = body.get("max_tokens")
+                text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
+                payload = route(body, model, text, cut, n_in, n_out)
+                return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+
+        return Handler
+
+
+def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0) -> int:
+    """Run the stub in the foreground until Ctrl-C."""
+    with StubServer(port, fault_rate=fault_rate, seed=seed) as stub:
+        print(f"stub server at {stub.base_url} (paths: {', '.join(ROUTES)})", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stub.thread.join()
+    return 0

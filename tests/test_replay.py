@@ -1,0 +1,183 @@
+"""The engine over real HTTP: record against the stub server, replay offline, compare."""
+
+from __future__ import annotations
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import stub_providers
+
+from harness import replay
+from harness.cassettes import Cassette, MissingRecording, read_cassette
+from harness.providers import Provider, ProviderConfigError
+from harness.results import COLUMNS
+
+
+def test_record_then_replay_offline_gives_identical_results(stub, small_dataset, tmp_path):
+    providers = stub_providers(stub.base_url)
+    recorded = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path,
+                      progress=False)
+    sent = len(stub.requests)
+    assert sent == 7 * len(providers)  # 7 user turns x 4 protocols
+    assert list(recorded.columns) == list(COLUMNS)
+    assert (recorded["status"] == "ok").all()
+    assert recorded["latency_ms"].notna().all()
+
+    stub.__exit__()  # nothing answers any more: replay must not need the network
+    offline = replay(small_dataset, providers, cassette_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(recorded, offline)
+    assert len(stub.requests) == sent
+
+
+def test_rows_follow_dataset_order_and_carry_usage(stub, small_dataset, tmp_path):
+    frame = replay(small_dataset, stub_providers(stub.base_url)[:1], record_mode="all",
+                   cassette_dir=tmp_path, progress=False)
+    assert list(zip(frame["conversation_id"], frame["turn"], strict=True)) == [
+        ("c1", 1), ("c1", 2), ("c2", 1), ("c2", 2), ("c3", 1), ("c3", 2), ("c3", 3)]
+    assert frame["input_tokens"].dtype == "Int64"
+    assert (frame["total_tokens"] == frame["input_tokens"] + frame["output_tokens"]).all()
+    long_story = frame[(frame["conversation_id"] == "c2") & (frame["turn"] == 1)].iloc[0]
+    assert long_story["finish_reason"] == "length"
+    assert long_story["output_tokens"] == 40
+
+
+def test_cassette_layout_is_one_vcrpy_file_per_conversation(stub, small_dataset, tmp_path):
+    replay(small_dataset, stub_providers(stub.base_url), record_mode="all",
+           cassette_dir=tmp_path, progress=False)
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml"))
+    assert files == sorted(f"small/{p}/{c}.yaml" for p in
+                           ("stub-openai", "stub-cohere-v1", "stub-cohere-v2", "stub-anthropic")
+                           for c in ("c1", "c2", "c3"))
+    interactions = read_cassette(tmp_path / "small" / "stub-cohere-v1" / "c3.yaml")
+    assert [i.request_json()["message"] for i in interactions] == [
+        "Hello, I am Ada.", "What is my name?", "Thanks!"]
+
+
+@pytest.mark.parametrize("history,expected", [
+    # c1 has a dataset reply after turn 1; c3 has none
+    ("reference", {"c1": ["Paris."], "c3": []}),
+    ("self", {"c1": ["stub-gpt reply to turn 1"], "c3": ["stub-gpt reply to turn 1"]}),
+    ("auto", {"c1": ["Paris."], "c3": ["stub-gpt reply to turn 1"]}),
+])
+def test_history_modes_choose_whose_replies_the_prompt_holds(stub, small_dataset, tmp_path,
+                                                             history, expected):
+    replay(small_dataset, stub_providers(stub.base_url)[:1], history=history, record_mode="all",
+           cassette_dir=tmp_path, progress=False)
+    second_turn_bodies = {}
+    for request in stub.requests:
+        users = [m for m in request["body"]["messages"] if m["role"] == "user"]
+        if len(users) == 2 and users[0]["content"] in ("What is the capital of France?",
+                                                        "Hello, I am Ada."):
+            cid = "c1" if "France" in users[0]["content"] else "c3"
+            second_turn_bodies[cid] = [m["content"] for m in request["body"]["messages"]
+                                       if m["role"] == "assistant"]
+    for cid, assistant_texts in expected.items():
+        got = second_turn_bodies[cid]
+        assert len(got) == len(assistant_texts)
+        for text, prefix in zip(got, assistant_texts, strict=True):
+            assert text.startswith(prefix)
+
+
+def test_missing_recording_names_conversation_turn_and_provider(small_dataset, tmp_path):
+    provider = Provider(name="openai-test", protocol="openai", base_url="http://127.0.0.1:9/v1",
+                        model="m", api_key_env="OPENAI_API_KEY")
+    with pytest.raises(MissingRecording) as err:
+        replay(small_dataset, [provider], cassette_dir=tmp_path, progress=False)
+    message = str(err.value)
+    assert "conversation 'c1'" in message and "turn 1" in message
+    assert "'openai-test'" in message and "--record-mode once" in message
+
+
+def test_missing_turn_inside_an_existing_cassette_is_named(stub, small_dataset, tmp_path):
+    providers = stub_providers(stub.base_url)[:1]
+    replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path, progress=False)
+    path = tmp_path / "small" / "stub-openai" / "c3.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("What is my name?", "What is my nickname?"))
+    with pytest.raises(MissingRecording, match="conversation 'c3' turn 2 provider 'stub-openai'"):
+        replay(small_dataset, providers, cassette_dir=tmp_path, progress=False)
+
+
+def test_record_mode_once_records_only_what_is_missing(stub, small_dataset, tmp_path):
+    providers = stub_providers(stub.base_url)[:1]
+    replay(small_dataset, providers, record_mode="once", cassette_dir=tmp_path, progress=False)
+    assert len(stub.requests) == 7
+    (tmp_path / "small" / "stub-openai" / "c2.yaml").unlink()
+    again = replay(small_dataset, providers, record_mode="once", cassette_dir=tmp_path,
+                   progress=False)
+    assert len(stub.requests) == 9  # only c2's two turns were sent again
+    assert (again["status"] == "ok").all()
+
+
+def test_recording_without_the_api_key_fails_before_any_call(stub, small_dataset, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.delenv("HARNESS_TEST_KEY", raising=False)
+    providers = stub_providers(stub.base_url, api_key_env="HARNESS_TEST_KEY")[:1]
+    with pytest.raises(ProviderConfigError, match="HARNESS_TEST_KEY is not set"):
+        replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path,
+               progress=False)
+    assert stub.requests == []
+
+
+def test_http_errors_become_error_rows_and_the_run_goes_on(small_dataset, tmp_path, monkeypatch):
+    from harness.stub_server import StubServer
+
+    monkeypatch.setenv("HARNESS_TEST_KEY", "wrong-key")
+    with StubServer(api_key="right-key") as stub:
+        providers = stub_providers(stub.base_url, api_key_env="HARNESS_TEST_KEY")[:1]
+        frame = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path,
+                       progress=False)
+    assert len(frame) == 5  # auto history: c1 has its reference, c3 turns 2-3 are skipped
+    first = frame.iloc[0]
+    assert (first["status"], first["http_status"], first["finish_reason"]) == ("error", 401,
+                                                                               "error")
+    assert "invalid api key" in first["error"]
+    skipped = frame[frame["status"] == "skipped"]
+    assert list(skipped["conversation_id"]) == ["c3", "c3"]
+    assert skipped["error"].str.contains("turn 1 failed").all()
+
+
+FAKE_KEY = "sk-FAKE-abc123-secret-value-do-not-leak"
+
+
+@pytest.mark.parametrize("auth_header,auth_scheme", [
+    ("Authorization", "Bearer"),   # OpenAI, Together, Cohere, Groq, Mistral, OpenRouter
+    ("Authorization", ""),         # AssemblyAI LLM Gateway: the bare key
+    ("x-api-key", ""),             # Anthropic
+    ("api-key", ""),               # Azure OpenAI
+    ("x-goog-api-key", ""),        # Gemini
+])
+def test_no_written_file_holds_the_api_key(tmp_path, small_dataset, monkeypatch, auth_header,
+                                           auth_scheme):
+    from harness import results
+    from harness.stub_server import StubServer
+
+    monkeypatch.setenv("HARNESS_TEST_KEY", FAKE_KEY)
+    with StubServer(api_key=FAKE_KEY) as stub:
+        provider = stub_providers(stub.base_url, api_key_env="HARNESS_TEST_KEY")[0].model_copy(
+            update={"auth_header": auth_header, "auth_scheme": auth_scheme})
+        frame = replay(small_dataset, [provider], record_mode="all",
+                       cassette_dir=tmp_path / "cassettes", progress=False)
+    assert (frame["status"] == "ok").all(), frame["error"].tolist()
+    for suffix in (".parquet", ".csv", ".jsonl"):
+        results.save(frame, tmp_path / f"results{suffix}")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) == 6
+    for path in written:
+        assert FAKE_KEY.encode() not in path.read_bytes(), path
+        assert b"abc123" not in path.read_bytes(), path
+
+
+def test_keys_echoed_in_query_strings_and_bodies_are_scrubbed(tmp_path):
+    cassette = Cassette.open(tmp_path / "c.yaml", "all", [FAKE_KEY])
+    request = httpx.Request("POST", f"https://example.test/v1/x?key={FAKE_KEY}&alt=json",
+                            headers={"cookie": "session=1"}, content=b'{"a": 1}')
+    response = httpx.Response(401, headers={"set-cookie": "id=2"},
+                              content=f'{{"error": "bad key {FAKE_KEY}"}}'.encode())
+    cassette.record(request, response, 12.0)
+    cassette.save()
+    text = (tmp_path / "c.yaml").read_text()
+    assert FAKE_KEY not in text
+    assert "session=1" not in text and "id=2" not in text
+    (interaction,) = read_cassette(tmp_path / "c.yaml")
+    assert "alt=json" in interaction.uri
