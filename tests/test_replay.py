@@ -127,13 +127,15 @@ def test_http_errors_become_error_rows_and_the_run_goes_on(small_dataset, tmp_pa
         providers = stub_providers(stub.base_url, api_key_env="HARNESS_TEST_KEY")[:1]
         frame = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path,
                        progress=False)
-    assert len(frame) == 5  # auto history: c1 has its reference, c3 turns 2-3 are skipped
+    assert len(frame) == 7  # every turn has its row
     first = frame.iloc[0]
     assert (first["status"], first["http_status"], first["finish_reason"]) == ("error", 401,
                                                                                "error")
     assert "invalid api key" in first["error"]
     skipped = frame[frame["status"] == "skipped"]
-    assert list(skipped["conversation_id"]) == ["c3", "c3"]
+    # auto history: c1's turn 2 uses the dataset's reply; c2 and c3 need their failed turn 1
+    assert list(zip(skipped["conversation_id"], skipped["turn"], strict=True)) == [
+        ("c2", 2), ("c3", 2), ("c3", 3)]
     assert skipped["error"].str.contains("turn 1 failed").all()
 
 

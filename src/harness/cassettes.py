@@ -389,5 +389,4 @@ def vcr_config() -> dict[str, Any]:
         "filter_headers": [(h, SCRUBBED) for h in sorted(SECRET_HEADERS)],
         "filter_query_parameters": [(q, SCRUBBED) for q in sorted(SECRET_QUERY_PARAMS)],
         "decode_compressed_response": True,
-        "allow_playback_repeats": False,
     }

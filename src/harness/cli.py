@@ -88,12 +88,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     providers = resolve(names, extra)
     params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                 ("seed", args.seed)) if v is not None}
+    console = _console()
+    journal = Path(f"{args.out}.journal.jsonl") if args.out else None
+    if journal is not None and journal.exists():
+        console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
     frame = replay(
         dataset, providers, history=args.history, record_mode=args.record_mode,
         cassette_dir=args.cassettes, params=params, concurrency=args.concurrency,
-        progress=not args.no_progress,
+        progress=not args.no_progress, journal=journal,
     )
-    console = _console()
     print_report(frame, console)
     if args.out:
         path = results.save(frame, args.out)
@@ -143,7 +146,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
 def cmd_serve_stub(args: argparse.Namespace) -> int:
     from .stub_server import serve
 
-    return serve(args.port, args.fault_rate, args.seed)
+    return serve(args.port, args.fault_rate, args.seed, args.delay)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
                    help="conversations in flight at once (default 4)")
-    p.add_argument("--out", "-o", metavar="FILE", help="write results (.parquet, .csv, .jsonl)")
+    p.add_argument("--out", "-o", metavar="FILE",
+                   help="write results (.parquet, .csv, .jsonl); rows are journaled to "
+                        "FILE.journal.jsonl as they complete, and the same command run again "
+                        "after a crash resumes from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
@@ -206,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8099)
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
     p.set_defaults(func=cmd_serve_stub)
     return parser
 

@@ -197,6 +197,9 @@ async def _call(
             else:
                 exchange.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 cassette.record(request, response, exchange.latency_ms)
+        elif attempt > 1:  # the recording gave up after fewer attempts than this run allows
+            exchange.attempts = attempt - 1
+            break
         else:
             raise MissingRecording(
                 f"no recording for {where} in {cassette.path} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULTS = ("429", "500", "drop", "stall", "bad_json")
+AUTH_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
 def _words(text: str) -> list[str]:
@@ -124,8 +126,9 @@ class StubServer:
     """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
 
     def __init__(self, port: int = 0, *, fault_rate: float = 0.0, seed: int = 0,
-                 stall_seconds: float = 3.0, api_key: str | None = None):
+                 stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0):
         self.fault_rate, self.stall_seconds, self.api_key = fault_rate, stall_seconds, api_key
+        self.delay = delay
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[dict] = []
@@ -192,7 +195,7 @@ class StubServer:
                 if route is None:
                     return self._error(404, f"no route {self.path}")
                 if server.api_key is not None:
-                    sent = " ".join(self.headers.get(h, "") for h in ("authorization", "x-api-key"))
+                    sent = " ".join(self.headers.get(h, "") for h in AUTH_HEADERS)
                     if server.api_key not in sent:
                         return self._error(401, "invalid api key")
                 try:
@@ -202,6 +205,8 @@ class StubServer:
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body,
                                             "headers": dict(self.headers)})
+                if server.delay:
+                    time.sleep(server.delay)
                 fault = server._pick_fault()
                 if fault == "429":
                     return self._error(429, "rate limited", {"retry-after": "0.05"})
@@ -223,14 +228,21 @@ class StubServer:
                 max_tokens = body.get("max_tokens")
                 text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
                 payload = route(body, model, text, cut, n_in, n_out)
-                return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+                # some APIs echo credentials back; the stub does too, to test the scrubber
+                echo = {"x-echo-key": server.api_key} if server.api_key else {}
+                return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), echo)
 
         return Handler
 
 
-def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0) -> int:
-    """Run the stub in the foreground until Ctrl-C."""
-    with StubServer(port, fault_rate=fault_rate, seed=seed) as stub:
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0, delay: float = 0.0) -> int:
+    """Run the stub in the foreground until Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    with StubServer(port, fault_rate=fault_rate, seed=seed, delay=delay) as stub:
         print(f"stub server at {stub.base_url} (paths: {', '.join(ROUTES)})", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stub.thread.join()

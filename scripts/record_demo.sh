@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Re-record the shipped demo cassettes (cassettes/demo/...).
+#   stub-*          against harness's own stub server (not a model)
+#   local-smollm2   against llama.cpp + SmolLM2-135M-Instruct on 127.0.0.1 (needs the 'local' extra)
+#   local-gemma3    against llama.cpp + Gemma 3 270M on 127.0.0.1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-.venv/bin/python}
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
+"$py" -m harness serve-stub --port 8099 & pids+=($!)
+sleep 1
+"$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress \
+  -p stub-cohere-v1 -p stub-cohere-v2 -p stub-anthropic
+
+if [ "${1:-}" != "--stub-only" ]; then
+  "$py" -m harness serve-local --model smollm2 & pids+=($!)
+  "$py" -m harness serve-local --model gemma3 & pids+=($!)
+  "$py" - <<'PY'
+import time, httpx
+for port in (8081, 8082):
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+PY
+  "$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress --concurrency 1 \
+    -p local-smollm2 -p local-gemma3
+fi

@@ -1,0 +1,201 @@
+"""Helpers the wire-protocol adapters share: JSON and stream splitting, safe getters, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from harness.messages import Reply, ToolCall, Usage
+
+SNIPPET = 200
+MAX_ERROR = 500
+
+
+def dig(obj: Any, *path: str) -> Any:
+    """`obj[a][b]...`, or None as soon as a step is missing or not a dict."""
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def to_int(value: Any) -> int | None:
+    """A token count as an int (Cohere sends 5.0), or None when it is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def make_usage(input_tokens: Any = None, output_tokens: Any = None, total_tokens: Any = None,
+               **extra: Any) -> Usage:
+    """Usage with ints; total is the provider's, else input + output when both are known."""
+    n_in, n_out, total = to_int(input_tokens), to_int(output_tokens), to_int(total_tokens)
+    if total is None and n_in is not None and n_out is not None:
+        total = n_in + n_out
+    return Usage(input_tokens=n_in, output_tokens=n_out, total_tokens=total,
+                 **{key: to_int(value) for key, value in extra.items()})
+
+
+def canonical_finish(raw: Any, mapping: Mapping[str, str], has_tool_calls: bool) -> str:
+    """The canonical finish reason; a natural stop that carries tool calls is `tool_calls`."""
+    reason = mapping.get(raw, "other") if isinstance(raw, str) else "other"
+    return "tool_calls" if has_tool_calls and reason == "stop" else reason
+
+
+def make_reply(text: str, raw: Any, mapping: Mapping[str, str], tool_calls: list[ToolCall],
+               usage: Usage, response_id: Any = None, model: Any = None,
+               error: str | None = None) -> Reply:
+    """A Reply with the finish reason mapped; an `error` makes it `error` (bar content_filter)."""
+    finish = canonical_finish(raw, mapping, bool(tool_calls))
+    if error and finish != "content_filter":
+        finish = "error"
+    return Reply(
+        text=text, finish_reason=finish, raw_finish_reason=raw if isinstance(raw, str) else None,
+        usage=usage, tool_calls=tool_calls, model=model if isinstance(model, str) else None,
+        response_id=str(response_id) if response_id is not None else None, error=error,
+    )
+
+
+def arguments_text(arguments: Any) -> str:
+    """Tool-call arguments as JSON text, whether sent as text or as an object."""
+    if arguments is None:
+        return "{}"
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def arguments_object(call: ToolCall) -> dict:
+    """Tool-call arguments as an object; anything else is kept as {"arguments": <text>}."""
+    try:
+        value = json.loads(call.arguments or "{}")
+    except ValueError:
+        return {"arguments": call.arguments}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def passthrough(params: Mapping[str, Any], rename: Mapping[str, str] | None = None,
+                drop: Iterable[str] = ()) -> dict[str, Any]:
+    """Params for the body: None values and `drop` left out, `model`/`messages` excluded."""
+    rename, skip = rename or {}, {"model", "messages", *drop}
+    return {rename.get(k, k): v for k, v in params.items() if v is not None and k not in skip}
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+def snippet(body: bytes, limit: int = SNIPPET) -> str:
+    """The first `limit` characters of a body on one line."""
+    return " ".join(body.decode("utf-8", "replace").split())[:limit]
+
+
+def load_json(body: bytes) -> Any:
+    """The body as JSON, or ValueError("invalid JSON response: ...")."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ValueError(f"invalid JSON response: {snippet(body) or 'empty body'}") from None
+
+
+def is_sse(body: bytes) -> bool:
+    """Whether a body is a server-sent event stream (`data:` / `event:` / `:` comment lines)."""
+    return body.lstrip().startswith((b"data:", b"event:", b":", b"id:"))
+
+
+def sse_events(body: bytes) -> list[tuple[str | None, Any]]:
+    """(event name, parsed data) of each SSE event; `data: [DONE]` is left out."""
+    events: list[tuple[str | None, Any]] = []
+    name: str | None = None
+    data: list[str] = []
+
+    def dispatch() -> None:
+        nonlocal name, data
+        payload = "\n".join(data).strip()
+        if payload and payload != "[DONE]":
+            try:
+                events.append((name, json.loads(payload)))
+            except ValueError:
+                detail = f"event data {payload[:SNIPPET]!r}"
+                raise ValueError(f"invalid JSON response: {detail}") from None
+        name, data = None, []
+
+    for line in body.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            dispatch()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+    dispatch()
+    if not events:
+        raise ValueError(f"invalid JSON response: an event stream without events: {snippet(body)}")
+    return events
+
+
+def ndjson(body: bytes) -> list[Any]:
+    """One JSON value per non-empty line (Cohere v1's `application/stream+json`)."""
+    try:
+        values = [json.loads(line) for line in body.splitlines() if line.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"invalid JSON response: {snippet(body) or 'empty body'}")
+    return values
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def error_detail(data: Any) -> str | None:
+    """`kind: message` from an error JSON body (OpenAI, Anthropic, Cohere, FastAPI shapes)."""
+    if not isinstance(data, Mapping):
+        return None
+    err = data.get("error", data)
+    if isinstance(err, str):
+        return err
+    if not isinstance(err, Mapping):
+        return None
+    message = err.get("message") or err.get("detail")
+    if message is None:
+        return None
+    if not isinstance(message, str):
+        message = json.dumps(message, ensure_ascii=False)
+    code, kind = err.get("code"), err.get("type")
+    label = code if isinstance(code, str) and code else kind if isinstance(kind, str) else None
+    if label and label != "error":
+        message = f"{label}: {message}"
+    raw = dig(err, "metadata", "raw")  # OpenRouter: the upstream provider's own message
+    if isinstance(raw, str) and raw:
+        message = f"{message} ({raw})"
+    return message
+
+
+def error_text(status: int, body: bytes, data: Any = None) -> str:
+    """One line naming the status and the provider's own error message."""
+    if data is None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+    detail = error_detail(data)
+    if detail is None:
+        detail = snippet(body)
+    if not detail:
+        try:
+            detail = HTTPStatus(status).phrase
+        except ValueError:
+            detail = "no body"
+    return " ".join(f"HTTP {status}: {detail}".split())[:MAX_ERROR]
+
+
+def error_reply(status: int, body: bytes, data: Any = None) -> Reply:
+    """The Reply of a failed request: finish_reason `error` and a one-line message."""
+    return Reply(finish_reason="error", error=error_text(status, body, data))

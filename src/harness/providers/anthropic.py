@@ -1,0 +1,136 @@
+"""Anthropic Messages.
+
+System messages become the top-level `system` string; tool results are sent as user
+`tool_result` blocks, and consecutive same-role messages are merged (Anthropic wants user and
+assistant to alternate). `max_tokens` is required (1024 when unset); `seed` is not supported
+and left out; `stop` is sent as `stop_sequences`. Usage: input_tokens/output_tokens as
+Anthropic reports them (input excludes cache reads and writes), cache_read_input_tokens ->
+cached_input_tokens; total is input + output (Anthropic sends no total). Streams (SSE:
+message_start, content_block_*, message_delta) are accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from harness.messages import Message, Reply, ToolCall, Usage
+from harness.providers._common import (
+    arguments_object,
+    arguments_text,
+    dig,
+    error_reply,
+    error_text,
+    is_sse,
+    load_json,
+    make_reply,
+    make_usage,
+    passthrough,
+    sse_events,
+)
+
+PATH = "/messages"
+DEFAULT_MAX_TOKENS = 1024
+
+FINISH_REASONS = {
+    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+    "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+    "refusal": "content_filter", "pause_turn": "other",
+}
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        block = {"type": "tool_result", "tool_use_id": message.tool_call_id,
+                 "content": message.content}
+        return [block]
+    blocks = [{"type": "text", "text": message.content}] if message.content else []
+    if message.role == "assistant":
+        blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": arguments_object(c)}
+                   for c in message.tool_calls]
+    return blocks
+
+
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = "assistant" if message.role == "assistant" else "user"
+        blocks = _blocks(message)
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:  # a lone text block is sent as plain string content
+        if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
+            turn["content"] = turn["content"][0]["text"]
+    return turns
+
+
+def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
+    """`{"model", "max_tokens", "system"?, "messages", **params}`."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    body: dict[str, Any] = {
+        "model": params.get("model"),
+        "max_tokens": params.get("max_tokens") or DEFAULT_MAX_TOKENS,
+        **passthrough(params, rename={"stop": "stop_sequences"}, drop=("seed", "max_tokens")),
+    }
+    if system:
+        body["system"] = system
+    body["messages"] = _messages([m for m in messages if m.role != "system"])
+    return body
+
+
+def _usage(usage: Any) -> Usage:
+    return make_usage(dig(usage, "input_tokens"), dig(usage, "output_tokens"),
+                      cached_input_tokens=dig(usage, "cache_read_input_tokens"))
+
+
+def _from_message(status: int, body: bytes, data: Any) -> Reply:
+    if not isinstance(data, Mapping) or not isinstance(data.get("content"), list):
+        if isinstance(data, Mapping) and data.get("type") == "error":
+            return error_reply(status, body, data)
+        raise ValueError(f"invalid JSON response: no 'content' in {str(data)[:200]}")
+    blocks = [b for b in data["content"] if isinstance(b, Mapping)]
+    text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+    tool_calls = [ToolCall(id=b.get("id"), name=b.get("name") or "",
+                           arguments=arguments_text(b.get("input")))
+                  for b in blocks if b.get("type") == "tool_use"]
+    return make_reply(text, data.get("stop_reason"), FINISH_REASONS, tool_calls,
+                      _usage(data.get("usage")), data.get("id"), data.get("model"))
+
+
+def _from_stream(status: int, body: bytes, events: list[Any]) -> Reply:
+    message: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
+    blocks: dict[int, dict[str, Any]] = {}
+    error = None
+    for event in events:
+        kind = dig(event, "type")
+        if kind == "message_start" and isinstance(event.get("message"), Mapping):
+            message = dict(event["message"])
+            usage.update(message.get("usage") or {})
+        elif kind == "content_block_start" and isinstance(event.get("content_block"), Mapping):
+            blocks[event.get("index", len(blocks))] = {**event["content_block"], "json": ""}
+        elif kind == "content_block_delta" and event.get("index") in blocks:
+            block, delta = blocks[event["index"]], event.get("delta") or {}
+            block["text"] = (block.get("text") or "") + (delta.get("text") or "")
+            block["json"] += delta.get("partial_json") or ""
+        elif kind == "message_delta":
+            message.update({k: v for k, v in (event.get("delta") or {}).items() if v is not None})
+            usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+        elif kind == "error":
+            error = error_text(status, body, event)
+    content = [{**b, "input": b["json"]} if b["json"] else b for _, b in sorted(blocks.items())]
+    reply = _from_message(status, body, {**message, "content": content, "usage": usage})
+    return reply.model_copy(update={"error": error, "finish_reason": "error"}) if error else reply
+
+
+def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
+    """A Messages response (JSON or SSE stream) as a Reply; HTTP errors become error Replies."""
+    if status >= 400:
+        return error_reply(status, body)
+    if is_sse(body):
+        return _from_stream(status, body, [data for _, data in sse_events(body)])
+    return _from_message(status, body, load_json(body))

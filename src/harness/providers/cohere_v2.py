@@ -1,0 +1,130 @@
+"""Cohere Chat v2 (`messages` with system/user/assistant/tool roles).
+
+Text is the `text` content items (`thinking` items are left out); when there are none, the
+`tool_plan` Cohere writes before tool calls. An assistant message with tool calls is sent back
+with its text as `tool_plan`. Usage: `usage.tokens` -> input/output, `usage.billed_units` ->
+billed_*, `usage.cached_tokens` -> cached_input_tokens; total is input + output (Cohere sends
+no total). Streams (SSE: message-start, content-delta, tool-call-*, message-end) are accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from harness.messages import Message, Reply, ToolCall, Usage
+from harness.providers._common import (
+    arguments_text,
+    dig,
+    error_reply,
+    is_sse,
+    load_json,
+    make_reply,
+    make_usage,
+    passthrough,
+    sse_events,
+)
+
+PATH = "/chat"
+
+FINISH_REASONS = {
+    "COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls", "ERROR": "error", "ERROR_LIMIT": "error",
+    "ERROR_TOXIC": "content_filter",
+}
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        out: dict[str, Any] = {"role": "tool"}
+        if message.tool_call_id is not None:
+            out["tool_call_id"] = message.tool_call_id
+        return {**out, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        out = {"role": "assistant", "tool_calls": [
+            {**({"id": c.id} if c.id is not None else {}), "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]}
+        return {**out, "tool_plan": message.content} if message.content else out
+    return {"role": message.role, "content": message.content}
+
+
+def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
+    """`{"model", "messages", **params}` with `stop` sent as `stop_sequences`."""
+    return {"model": params.get("model"),
+            **passthrough(params, rename={"stop": "stop_sequences"}),
+            "messages": [_message(m) for m in messages]}
+
+
+def _usage(usage: Any) -> Usage:
+    return make_usage(
+        dig(usage, "tokens", "input_tokens"), dig(usage, "tokens", "output_tokens"),
+        billed_input_tokens=dig(usage, "billed_units", "input_tokens"),
+        billed_output_tokens=dig(usage, "billed_units", "output_tokens"),
+        cached_input_tokens=dig(usage, "cached_tokens"),
+    )
+
+
+def _tool_call(call: Mapping[str, Any]) -> ToolCall:
+    return ToolCall(id=call.get("id"), name=dig(call, "function", "name") or "",
+                    arguments=arguments_text(dig(call, "function", "arguments")))
+
+
+def _error(source: Any) -> str | None:
+    message, kind = dig(source, "error"), dig(source, "error_type")
+    if not isinstance(message, str):
+        return None
+    return f"{kind}: {message}" if isinstance(kind, str) else message
+
+
+def _from_message(status: int, body: bytes, data: Any) -> Reply:
+    if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
+        if isinstance(data, Mapping) and ("message" in data or "error" in data):
+            return error_reply(status, body, data)
+        raise ValueError(f"invalid JSON response: no 'message' in {str(data)[:200]}")
+    message = data["message"]
+    contents = message.get("content") or []
+    text = "".join(c.get("text") or "" for c in contents
+                   if isinstance(c, Mapping) and c.get("type") == "text")
+    tool_calls = [_tool_call(c) for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
+    return make_reply(text or message.get("tool_plan") or "", data.get("finish_reason"),
+                      FINISH_REASONS, tool_calls, _usage(data.get("usage")), data.get("id"),
+                      data.get("model"), _error(data))
+
+
+def _from_stream(events: list[Any]) -> Reply:
+    text: list[str] = []
+    plan: list[str] = []
+    calls: list[dict[str, Any]] = []
+    end: Any = {}
+    response_id = None
+    for event in events:
+        kind, message = dig(event, "type"), dig(event, "delta", "message")
+        if kind == "message-start":
+            response_id = dig(event, "id")
+        elif kind == "content-delta":
+            text.append(dig(message, "content", "text") or "")
+        elif kind == "tool-plan-delta":
+            plan.append(dig(message, "tool_plan") or "")
+        elif kind == "tool-call-start" and isinstance(dig(message, "tool_calls"), Mapping):
+            call = message["tool_calls"]
+            calls.append({"id": call.get("id"), "name": dig(call, "function", "name") or "",
+                          "arguments": dig(call, "function", "arguments") or ""})
+        elif kind == "tool-call-delta" and calls:
+            calls[-1]["arguments"] += dig(message, "tool_calls", "function", "arguments") or ""
+        elif kind == "message-end":
+            end = dig(event, "delta") or {}
+    tool_calls = [ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"] or "{}")
+                  for c in calls]
+    return make_reply("".join(text) or "".join(plan), dig(end, "finish_reason"), FINISH_REASONS,
+                      tool_calls, _usage(dig(end, "usage")), response_id, None, _error(end))
+
+
+def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
+    """A v2 chat response (JSON or SSE stream) as a Reply; HTTP errors become error Replies."""
+    if status >= 400:
+        return error_reply(status, body)
+    if is_sse(body):
+        return _from_stream([data for _, data in sse_events(body)])
+    return _from_message(status, body, load_json(body))

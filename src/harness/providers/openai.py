@@ -1,0 +1,140 @@
+"""OpenAI-compatible chat completions: OpenAI, Together, Groq, Mistral, OpenRouter, vLLM, llama.cpp.
+
+Usage: prompt_tokens -> input, completion_tokens -> output, total_tokens as sent (else
+input + output when both are known); cached from `prompt_tokens_details.cached_tokens` or
+Together's top-level `usage.cached_tokens`; reasoning from
+`completion_tokens_details.reasoning_tokens`. Streams (SSE chunks) are accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from harness.messages import Message, Reply, ToolCall, Usage
+from harness.providers._common import (
+    arguments_text,
+    dig,
+    error_reply,
+    is_sse,
+    load_json,
+    make_reply,
+    make_usage,
+    passthrough,
+    sse_events,
+)
+
+PATH = "/chat/completions"
+
+FINISH_REASONS = {
+    "stop": "stop", "eos": "stop", "end_turn": "stop", "stop_sequence": "stop",
+    "length": "length", "max_tokens": "length", "model_length": "length",
+    "tool_calls": "tool_calls", "function_call": "tool_calls", "tool_use": "tool_calls",
+    "content_filter": "content_filter", "error": "error",
+}
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        out: dict[str, Any] = {"role": "tool"}
+        if message.tool_call_id is not None:
+            out["tool_call_id"] = message.tool_call_id
+        return {**out, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        return {"role": "assistant", "content": message.content or None, "tool_calls": [
+            {**({"id": c.id} if c.id is not None else {}), "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]}
+    return {"role": message.role, "content": message.content}
+
+
+def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
+    """`{"model", "messages", **params}`; params whose value is None are left out."""
+    return {"model": params.get("model"), **passthrough(params),
+            "messages": [_message(m) for m in messages]}
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content
+                       if isinstance(p, Mapping) and p.get("type", "text") == "text")
+    return ""
+
+
+def _usage(usage: Any) -> Usage:
+    if not isinstance(usage, Mapping):
+        return Usage()
+    cached = dig(usage, "prompt_tokens_details", "cached_tokens")
+    return make_usage(
+        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"),
+        cached_input_tokens=cached if cached is not None else usage.get("cached_tokens"),
+        reasoning_tokens=dig(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def _tool_calls(message: Mapping[str, Any]) -> list[ToolCall]:
+    calls = [
+        ToolCall(id=c.get("id"), name=dig(c, "function", "name") or "",
+                 arguments=arguments_text(dig(c, "function", "arguments")))
+        for c in message.get("tool_calls") or [] if isinstance(c, Mapping)
+    ]
+    legacy = message.get("function_call")
+    if isinstance(legacy, Mapping):
+        calls.append(ToolCall(name=legacy.get("name") or "",
+                              arguments=arguments_text(legacy.get("arguments"))))
+    return calls
+
+
+def _from_completion(status: int, body: bytes, data: Any) -> Reply:
+    if not isinstance(data, Mapping) or not isinstance(data.get("choices"), list):
+        if isinstance(data, Mapping) and data.get("error"):
+            return error_reply(status, body, data)
+        raise ValueError(f"invalid JSON response: no 'choices' in {str(data)[:200]}")
+    choice = data["choices"][0] if data["choices"] else {}
+    message = choice.get("message") or {}
+    return make_reply(
+        content_text(message.get("content")), choice.get("finish_reason"), FINISH_REASONS,
+        _tool_calls(message), _usage(data.get("usage")), data.get("id"), data.get("model"),
+    )
+
+
+def _from_stream(status: int, body: bytes, chunks: list[Any]) -> Reply:
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    raw = usage = response_id = model = error = None
+    for chunk in chunks:
+        if not isinstance(chunk, Mapping):
+            continue
+        if chunk.get("error"):
+            error = error_reply(status, body, chunk).error
+        response_id, model = response_id or chunk.get("id"), chunk.get("model") or model
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text.append(content_text(delta.get("content")))
+            for part in delta.get("tool_calls") or []:
+                slot = calls.setdefault(part.get("index", len(calls)),
+                                        {"id": None, "name": "", "arguments": ""})
+                slot["id"] = slot["id"] or part.get("id")
+                slot["name"] = slot["name"] or dig(part, "function", "name") or ""
+                slot["arguments"] += arguments_text(dig(part, "function", "arguments") or "")
+            raw = choice.get("finish_reason") or raw
+    tool_calls = [ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"] or "{}")
+                  for _, c in sorted(calls.items())]
+    return make_reply("".join(text), raw, FINISH_REASONS, tool_calls, _usage(usage),
+                      response_id, model, error)
+
+
+def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
+    """A chat completion (JSON or SSE stream) as a Reply; HTTP errors become error Replies."""
+    if status >= 400:
+        return error_reply(status, body)
+    if is_sse(body):
+        return _from_stream(status, body, [data for _, data in sse_events(body)])
+    return _from_completion(status, body, load_json(body))
