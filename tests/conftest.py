@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import cassettes
 from harness.datasets import from_records
 from harness.providers import Provider
 from harness.stub_server import StubServer
@@ -69,3 +70,13 @@ def small_dataset_file(tmp_path) -> Path:
 def stub():
     with StubServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def vcr_config():
+    """pytest-recording matches and scrubs the way harness does."""
+    return cassettes.vcr_config()
+
+
+def pytest_recording_configure(config, vcr):
+    vcr.register_matcher("json_body", cassettes.vcr_json_body_matcher)

@@ -123,6 +123,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_html
+
+    frame = results.load(args.results)
+    baseline = results.load(args.baseline) if args.baseline else None
+    path = write_html(frame, args.html, title=args.title or f"harness report: {args.results}",
+                      baseline=baseline)
+    _console().print(f"wrote {path}")
+    return 0
+
+
 def cmd_providers(args: argparse.Namespace) -> int:
     extra = _user_providers(args.providers_file)
     cassette_dir = Path(args.cassettes)
@@ -204,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("baseline")
     p.add_argument("current")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page of tables and charts")
+    p.add_argument("results")
+    p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
+    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_report)
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)

@@ -105,3 +105,23 @@ def _same(a, b) -> bool:
     if pd.isna(a) or pd.isna(b):
         return False
     return a == b
+
+
+def describe(changes: pd.DataFrame, width: int = 100) -> str:
+    """A `diff` table as readable text, one block per changed row."""
+    blocks = []
+    for _, row in changes.iterrows():
+        lines = [f"{row['conversation_id']} turn {row['turn']} {row['provider']}: {row['change']}"]
+        for column in DIFF_COLUMNS:
+            before, after = row[f"{column}_before"], row[f"{column}_after"]
+            if not _same(before, after):
+                lines.append(f"  {column}: {_short(before, width)} -> {_short(after, width)}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+def _short(value, width: int) -> str:
+    if pd.isna(value):
+        return "NA"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"

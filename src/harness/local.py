@@ -29,6 +29,7 @@ import importlib.util
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -126,12 +127,26 @@ def model_path(name: str) -> Path:
     return _model(name).find()
 
 
-def _start_xllamacpp(model: str, gguf: Path, port: int, threads: int, ctx_size: int) -> Any:
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            raise LocalModelError(
+                f"{HOST}:{port} is already in use (choose another --port, or 0 for a free one)"
+            ) from None
+
+
+def _start_xllamacpp(model: str, gguf: Path, port: int, threads: int, ctx_size: int,
+                     cache_prompt: bool) -> Any:
     """Start llama.cpp's HTTP server in this process; it listens once the model is loaded."""
     try:
         import xllamacpp
     except ImportError:
         raise LocalModelError(f"xllamacpp is not installed: {INSTALL_HINT}") from None
+    if port:
+        _check_port_free(port)
     params = xllamacpp.CommonParams()
     params.model.path = str(gguf)
     params.model_alias = {_model(model).alias}
@@ -141,6 +156,10 @@ def _start_xllamacpp(model: str, gguf: Path, port: int, threads: int, ctx_size: 
     params.n_parallel = 1  # one slot: requests queue, and no batch mixing changes the numbers
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    # Off by default: with the prompt cache on, `cached_tokens` (OpenAI) and `input_tokens` /
+    # `cache_read_input_tokens` (Anthropic) depend on what the server saw before, and
+    # /v1/messages ignores a request's own `cache_prompt: false`.
+    params.cache_prompt = cache_prompt
     params.endpoint_props = True
     params.ui = False
     try:
@@ -158,8 +177,8 @@ def _set_on_eof(fd: int, event: threading.Event) -> None:
 
 
 def serve(model: str = "smollm2", port: int | None = None, threads: int = 1,
-          ctx_size: int = DEFAULT_CTX_SIZE, *, gguf: str | Path | None = None,
-          stop_on_stdin_eof: bool = False) -> int:
+          ctx_size: int = DEFAULT_CTX_SIZE, *, cache_prompt: bool = False,
+          gguf: str | Path | None = None, stop_on_stdin_eof: bool = False) -> int:
     """Run a local model's server in the foreground until Ctrl-C or SIGTERM.
 
     Prints `serving <model> at <base_url>` once the model is loaded; returns 0 when stopped and
@@ -169,7 +188,7 @@ def serve(model: str = "smollm2", port: int | None = None, threads: int = 1,
     try:
         path = Path(gguf) if gguf else model_path(model)
         port = _model(model).default_port if port is None else port
-        server = _start_xllamacpp(model, path, port, threads, ctx_size)
+        server = _start_xllamacpp(model, path, port, threads, ctx_size, cache_prompt)
     except LocalModelError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -205,8 +224,10 @@ class LocalServer:
     """
 
     def __init__(self, model: str = "smollm2", port: int = 0, threads: int = 1,
-                 ctx_size: int = DEFAULT_CTX_SIZE, *, startup_timeout: float = 120.0):
+                 ctx_size: int = DEFAULT_CTX_SIZE, *, cache_prompt: bool = False,
+                 startup_timeout: float = 120.0):
         self.model, self.threads, self.ctx_size = _model(model).name, threads, ctx_size
+        self.cache_prompt = cache_prompt
         self.requested_port = port
         self.startup_timeout = startup_timeout
         self.port: int | None = None
@@ -252,7 +273,8 @@ class LocalServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "harness.local", "--model", self.model,
              "--port", str(self.requested_port), "--threads", str(self.threads),
-             "--ctx-size", str(self.ctx_size), "--gguf", str(gguf), "--stop-on-stdin-eof"],
+             "--ctx-size", str(self.ctx_size), "--gguf", str(gguf), "--stop-on-stdin-eof",
+             *(["--cache-prompt"] if self.cache_prompt else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )
         threading.Thread(target=self._read_stdout, args=(self.process.stdout,), daemon=True).start()
@@ -336,11 +358,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: 8081 for smollm2, 8082 for gemma3; 0 picks a free port")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ctx-size", type=int, default=DEFAULT_CTX_SIZE)
+    parser.add_argument("--cache-prompt", action="store_true",
+                        help="reuse the KV cache across requests (faster multi-turn, but the "
+                             "reported cached/input token counts then depend on request order)")
     parser.add_argument("--gguf", help=argparse.SUPPRESS)
     parser.add_argument("--stop-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    return serve(args.model, args.port, args.threads, args.ctx_size, gguf=args.gguf,
-                 stop_on_stdin_eof=args.stop_on_stdin_eof)
+    return serve(args.model, args.port, args.threads, args.ctx_size, cache_prompt=args.cache_prompt,
+                 gguf=args.gguf, stop_on_stdin_eof=args.stop_on_stdin_eof)
 
 
 if __name__ == "__main__":

@@ -254,7 +254,12 @@ async def _replay_conversation(
                                     error=f"turn {prefix} failed, so its reply is missing "
                                           f"from the {run.history} history"))
                     continue
-                body = provider.build_body(prefix, run.params)
+                try:
+                    body = provider.build_body(prefix, run.params)
+                except ValueError as exc:  # a prompt this protocol cannot express
+                    emit(TurnResult(**row, model=provider.model, status="error",
+                                    finish_reason="error", error=f"cannot build request: {exc}"))
+                    continue
                 request = httpx.Request(
                     "POST", provider.url, headers=headers,
                     content=json.dumps(body, ensure_ascii=False).encode("utf-8"),

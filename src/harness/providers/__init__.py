@@ -154,6 +154,20 @@ PRESETS: dict[str, Provider] = {
             "local", os.environ.get("HARNESS_LOCAL_URL", "http://127.0.0.1:8080/v1"), "local",
             None, description="Any OpenAI-compatible server on this machine (HARNESS_LOCAL_URL)",
         ),
+        _openai_compatible(
+            "local-smollm2", os.environ.get("HARNESS_SMOLLM2_URL", "http://127.0.0.1:8081/v1"),
+            "smollm2-135m-instruct-q4_1", None,
+            params={"temperature": 0, "seed": 42, "cache_prompt": False, "max_tokens": 128},
+            description="SmolLM2-135M-Instruct on llama.cpp: python -m harness serve-local "
+                        "--model smollm2 (HARNESS_SMOLLM2_URL)",
+        ),
+        _openai_compatible(
+            "local-gemma3", os.environ.get("HARNESS_GEMMA3_URL", "http://127.0.0.1:8082/v1"),
+            "gemma-3-270m-q4_k_m", None,
+            params={"temperature": 0, "seed": 42, "cache_prompt": False, "max_tokens": 128},
+            description="Gemma 3 270M base model on llama.cpp, no chat template (runs to "
+                        "max_tokens): python -m harness serve-local --model gemma3 (HARNESS_GEMMA3_URL)",
+        ),
     ]
 }
 
