@@ -1,0 +1,387 @@
+"""Replay at scale: harness's indexed cassettes vs one big vcrpy cassette vs the json.loads floor.
+
+    .venv/bin/python bench/replay_scale.py                       # 1k, 10k, 100k turns
+    .venv/bin/python bench/replay_scale.py --sizes 1000,10000    # a quick run
+
+For each size it writes, into a temp dir, a dataset of that many user turns (MT-Bench-101
+conversations from ../shared/fixtures repeated under distinct ids; synthesized ones when that
+file is absent) and its recordings as harness lays them out: one vcrpy cassette per
+conversation, in YAML and in JSON, with OpenAI-style responses. The same interactions also
+go into ONE vcrpy cassette per size, vcrpy's own layout. Then it times, each in a fresh
+subprocess so that sizes don't share memory or caches:
+
+- harness: `harness.replay(..., record_mode="none")`, the results DataFrame included;
+- vcrpy: the same requests through stock vcrpy (body matching) from the one big cassette,
+  stopped at `--cap` seconds;
+- floor: `json.loads` of the same response bodies, the least any replay has to do.
+
+Nothing is asserted: targets are printed next to what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.cassettes import LATENCY_HEADER, SCRUBBED, cassette_path, write_cassette
+from harness.datasets import conversation_turns, load_dataset
+from harness.providers import Provider
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT.parent / "shared" / "fixtures" / "datasets" / "mtbench101.jsonl"
+PROVIDER = Provider(name="openai", protocol="openai", base_url="https://api.openai.com/v1",
+                    model="gpt-4o-mini-2024-07-18", params={"temperature": 0, "max_tokens": 512})
+PARAMS: dict = {}
+HISTORY = "reference"  # the dataset's own replies: prompts don't depend on earlier recordings
+TARGET_SECONDS_100K, TARGET_FLOOR_RATIO, TARGET_GROWTH, TARGET_PEAK_MB = 30.0, 20.0, 1.1, 2048
+
+
+# --- the data -------------------------------------------------------------------------------
+
+
+def source_conversations() -> list[dict]:
+    """Conversations as `{"messages": [...]}` records: MT-Bench-101, else synthesized ones."""
+    if SOURCE.exists():
+        return [{"messages": [m.model_dump(exclude_defaults=True) | {"role": m.role}
+                              for m in c.messages], "metadata": c.metadata}
+                for c in load_dataset(SOURCE).conversations]
+    topics = ["prime numbers", "the French revolution", "sorting a list in Python", "tides",
+              "a pasta recipe", "compound interest", "photosynthesis", "a haiku about rain"]
+    out = []
+    for n in range(1000):
+        messages = []
+        for k in range(2 + n % 4):
+            topic = topics[(n + k) % len(topics)]
+            messages.append({"role": "user", "content": f"Question {k + 1} of dialogue {n}: "
+                             f"tell me about {topic}, building on what you said before."})
+            messages.append({"role": "assistant", "content": f"Here is what I know about {topic}. "
+                             * (3 + (n * 7 + k) % 11)})
+        out.append({"messages": messages, "metadata": {"task": "synthetic"}})
+    return out
+
+
+def write_dataset(n_turns: int, folder: Path) -> Path:
+    """`scale-<n>.jsonl`: source conversations repeated under distinct ids, `n_turns` user turns."""
+    sources = source_conversations()
+    path = folder / f"scale-{n_turns}.jsonl"
+    left, n = n_turns, 0
+    with path.open("w", encoding="utf-8") as fh:
+        while left > 0:
+            record = sources[n % len(sources)]
+            messages, users = [], 0
+            for m in record["messages"]:
+                if m["role"] == "user":
+                    if users == left:
+                        break
+                    users += 1
+                messages.append(m)
+            fh.write(json.dumps({"id": f"c{n:06d}", **record, "messages": messages},
+                                ensure_ascii=False) + "\n")
+            left -= users
+            n += 1
+    return path
+
+
+def request_body(prefix) -> bytes:
+    """What replay.py sends for a prefix: the provider's body as compact-ish UTF-8 JSON."""
+    return json.dumps(PROVIDER.build_body(list(prefix), PARAMS), ensure_ascii=False).encode("utf-8")
+
+
+def response_body(conversation_id: str, turn: int, text: str, prompt_bytes: int) -> str:
+    """An OpenAI chat completion as the API sends it (pretty-printed, as OpenAI does)."""
+    prompt_tokens, completion_tokens = prompt_bytes // 4, max(1, len(text) // 4)
+    return json.dumps({
+        "id": f"chatcmpl-{conversation_id}-{turn}",
+        "object": "chat.completion",
+        "created": 1730000000 + turn,
+        "model": PROVIDER.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0,
+                                          "rejected_prediction_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_0ba0d124f1",
+    }, indent=2, ensure_ascii=False)
+
+
+def interaction(conversation_id: str, turn, n: int) -> dict:
+    """One exchange exactly as `Cassette.record` writes it."""
+    body = request_body(turn.prefix)
+    text = turn.reference or f"Reply to turn {turn.turn}."
+    reply = response_body(conversation_id, turn.turn, text, len(body))
+    return {
+        "request": {
+            "body": body.decode("utf-8"),
+            "headers": {
+                "host": ["api.openai.com"], "accept": ["*/*"],
+                "accept-encoding": ["gzip, deflate, br, zstd"], "connection": ["keep-alive"],
+                "user-agent": ["python-httpx/0.28.1"], "content-length": [str(len(body))],
+                "content-type": ["application/json"], "authorization": [SCRUBBED],
+            },
+            "method": "POST",
+            "uri": PROVIDER.url,
+        },
+        "response": {
+            "body": {"string": reply},
+            "headers": {
+                "date": ["Mon, 28 Oct 2024 10:00:00 GMT"],
+                "content-type": ["application/json"],
+                "connection": ["keep-alive"],
+                "access-control-expose-headers": ["X-Request-ID"],
+                "openai-organization": [SCRUBBED],
+                "openai-processing-ms": [str(300 + n % 900)],
+                "openai-project": [SCRUBBED],
+                "openai-version": ["2020-10-01"],
+                "x-envoy-upstream-service-time": [str(310 + n % 900)],
+                "x-ratelimit-limit-requests": ["30000"],
+                "x-ratelimit-limit-tokens": ["150000000"],
+                "x-ratelimit-remaining-requests": ["29999"],
+                "x-ratelimit-remaining-tokens": [str(149999000 - len(body) // 4)],
+                "x-ratelimit-reset-requests": ["2ms"],
+                "x-ratelimit-reset-tokens": ["0s"],
+                "x-request-id": [f"req_{n:032x}"],
+                "strict-transport-security": ["max-age=31536000; includeSubDomains; preload"],
+                "cf-cache-status": ["DYNAMIC"],
+                "set-cookie": [SCRUBBED],
+                "x-content-type-options": ["nosniff"],
+                "server": ["cloudflare"],
+                "cf-ray": [f"{n:016x}-AMS"],
+                "alt-svc": ['h3=":443"; ma=86400'],
+                LATENCY_HEADER: [f"{350 + n % 900:.1f}"],
+            },
+            "status": {"code": 200, "message": "OK"},
+        },
+    }
+
+
+def generate(n_turns: int, folder: Path, formats: list[str], big: bool) -> dict[str, float]:
+    """Dataset, per-conversation cassettes in each format and (if `big`) one vcrpy cassette."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    dataset = load_dataset(write_dataset(n_turns, folder))
+    everything: list[dict] = []
+    n = 0
+    for conversation in dataset.conversations:
+        interactions = []
+        for turn in conversation_turns(conversation):
+            interactions.append(interaction(conversation.id, turn, n))
+            n += 1
+        for serializer in formats:
+            write_cassette(cassette_path(folder / "cassettes", dataset.name, PROVIDER.name,
+                                         conversation.id, serializer), interactions)
+        if big:
+            everything += interactions
+    if big:
+        write_cassette(folder / "vcrpy" / f"{dataset.name}.yaml", everything)
+    assert n == n_turns, (n, n_turns)
+    return {"generate_s": time.perf_counter() - started}
+
+
+# --- measurements, each run in its own subprocess -----------------------------------------
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_harness(folder: Path, n_turns: int, serializer: str) -> dict:
+    import harness
+
+    dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
+    started = time.perf_counter()
+    frame = harness.replay(dataset, [PROVIDER], history=HISTORY, record_mode="none",
+                           cassette_dir=folder / "cassettes", serializer=serializer,
+                           params=PARAMS, progress=False)
+    seconds = time.perf_counter() - started
+    ok = int((frame["status"] == "ok").sum())
+    mine = int((frame["response_id"] == "chatcmpl-" + frame["conversation_id"] + "-"
+                + frame["turn"].astype("string")).sum())
+    return {"seconds": seconds, "rows": len(frame), "ok": ok, "own_reply": mine,
+            "peak_mb": peak_mb()}
+
+
+def measure_floor(folder: Path, n_turns: int) -> dict:
+    dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
+    bodies = [interaction(c.id, t, 0)["response"]["body"]["string"]
+              for c in dataset.conversations for t in conversation_turns(c)]
+    started = time.perf_counter()
+    for body in bodies:
+        json.loads(body)
+    return {"seconds": time.perf_counter() - started, "rows": len(bodies), "peak_mb": peak_mb()}
+
+
+def measure_vcrpy(folder: Path, n_turns: int) -> dict:
+    """Stock vcrpy, one cassette, match on method+host+path+body; prints progress as it goes."""
+    import httpx
+    import vcr
+
+    dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
+    bodies = [request_body(t.prefix) for c in dataset.conversations for t in conversation_turns(c)]
+    my_vcr = vcr.VCR(record_mode="none", match_on=["method", "host", "path", "body"])
+    started = time.perf_counter()
+    with my_vcr.use_cassette(str(folder / "vcrpy" / f"{dataset.name}.yaml")), httpx.Client() as client:
+        print(json.dumps({"loaded_s": time.perf_counter() - started, "done": 0}), flush=True)
+        for n, body in enumerate(bodies, 1):
+            response = client.post(PROVIDER.url, content=body,
+                                   headers={"content-type": "application/json"})
+            response.json()
+            if n % 50 == 0:
+                print(json.dumps({"done": n}), flush=True)
+    return {"seconds": time.perf_counter() - started, "rows": len(bodies), "done": len(bodies),
+            "peak_mb": peak_mb()}
+
+
+def run_measurement(args: list[str], cap: float | None) -> dict:
+    """Run this script with `--measure ...` in a fresh interpreter; its last JSON line."""
+    command = [sys.executable, __file__, "--measure", *args]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=cap, check=False)
+        out, code = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        done = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return {"over_cap": True, "done": done[-1].get("done", 0) if done else 0}
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if code != 0 or not lines:
+        err = proc.stderr.strip().splitlines()
+        raise SystemExit(f"measurement {' '.join(args)} failed: {err[-1] if err else code}")
+    return json.loads(lines[-1])
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def fmt_seconds(result: dict | None, cap: float) -> str:
+    if result is None:
+        return "-"
+    if result.get("over_cap"):
+        return f"> {cap:.0f} (cap)"
+    return f"{result['seconds']:.3f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="turns, comma-separated")
+    parser.add_argument("--cap", type=float, default=60.0, help="seconds allowed to each vcrpy run")
+    parser.add_argument("--formats", default="yaml,json", help="harness cassette serializers")
+    parser.add_argument("--vcrpy-max", type=int, default=10000,
+                        help="largest size replayed through vcrpy (0: none)")
+    parser.add_argument("--dir", type=Path, help="keep the generated files here (reused if there)")
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.measure:
+        kind, folder, size, *rest = args.measure
+        folder, size = Path(folder), int(size)
+        result = {"harness": lambda: measure_harness(folder, size, rest[0]),
+                  "floor": lambda: measure_floor(folder, size),
+                  "vcrpy": lambda: measure_vcrpy(folder, size)}[kind]()
+        print(json.dumps(result), flush=True)
+        return
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    formats = [f for f in args.formats.split(",") if f]
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="replay-scale-"))
+    source = SOURCE if SOURCE.exists() else "synthesized conversations (mtbench101.jsonl absent)"
+    print(f"source: {source}; files in {workdir}; cores: {os.cpu_count()}; "
+          f"python {sys.version.split()[0]}", flush=True)
+    results: dict[tuple[str, int], dict] = {}
+    try:
+        for size in sizes:
+            folder = workdir / f"scale-{size}"
+            marker = folder / f".generated-{'-'.join(formats)}"
+            if not marker.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                gen = generate(size, folder, formats, big=size <= args.vcrpy_max)
+                marker.touch()
+                print(f"{size:>7} turns: generated in {gen['generate_s']:.1f} s", flush=True)
+            results[("floor", size)] = run_measurement(["floor", str(folder), str(size)], None)
+            for serializer in formats:
+                r = run_measurement(["harness", str(folder), str(size), serializer], None)
+                results[(f"harness {serializer}", size)] = r
+                if r["ok"] != size or r["own_reply"] != size:
+                    print(f"  !! harness {serializer} {size}: {r['ok']} ok, {r['own_reply']} "
+                          "with their own reply", flush=True)
+            if size <= args.vcrpy_max:
+                results[("vcrpy", size)] = run_measurement(["vcrpy", str(folder), str(size)],
+                                                           args.cap)
+            line = "  ".join(f"{what} {fmt_seconds(r, args.cap)} s"
+                             for (what, n), r in results.items() if n == size)
+            print(f"{size:>7} turns: {line}", flush=True)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_table(results, sizes, formats, args.cap)
+
+
+def print_table(results: dict, sizes: list[int], formats: list[str], cap: float) -> None:
+    header = (f"{'measurement':<14} {'turns':>7} {'seconds':>12} {'turns/s':>9} "
+              f"{'/json floor':>11} {'vcrpy/this':>10} {'peak MB':>8}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for size in sizes:
+        floor = results.get(("floor", size))
+        vc = results.get(("vcrpy", size))
+        for what in ["floor", *(f"harness {f}" for f in formats), "vcrpy"]:
+            r = results.get((what, size))
+            if r is None:
+                continue
+            if r.get("over_cap"):
+                print(f"{what:<14} {size:>7} {fmt_seconds(r, cap):>12} "
+                      f"{'< ' + format(r['done'] / cap, '.0f'):>9} {'':>11} {'':>10} {'':>8}"
+                      f"   ({r['done']} of {size} replayed within the cap)")
+                continue
+            per_floor = f"{r['seconds'] / floor['seconds']:.1f}x" if floor else "-"
+            vs = "-"
+            if what.startswith("harness") and vc is not None:
+                vs = (f"> {cap / r['seconds']:.0f}x" if vc.get("over_cap")
+                      else f"{vc['seconds'] / r['seconds']:.0f}x")
+            print(f"{what:<14} {size:>7} {r['seconds']:>12.3f} {size / r['seconds']:>9.0f} "
+                  f"{per_floor:>11} {vs:>10} {r['peak_mb']:>8.0f}")
+    print()
+    pairs = [(a, b) for a, b in zip(sizes, sizes[1:], strict=False) if b > a]
+    for what in ["floor", *(f"harness {f}" for f in formats)]:
+        for a, b in pairs:
+            ra, rb = results.get((what, a)), results.get((what, b))
+            if ra and rb:
+                exponent = math.log(rb["seconds"] / ra["seconds"]) / math.log(b / a)
+                per_turn = (rb["seconds"] / b) / (ra["seconds"] / a)
+                flag = "ok" if per_turn <= TARGET_GROWTH else "MISSED"
+                print(f"growth {what} {a}->{b}: exponent {exponent:.2f}, per-turn time x{per_turn:.2f}"
+                      f" (target <= x{TARGET_GROWTH}: {flag})")
+    biggest = max(sizes)
+    for f in formats:
+        r, floor = results.get((f"harness {f}", biggest)), results.get(("floor", biggest))
+        if not r:
+            continue
+        checks = [
+            (f"{r['seconds']:.1f} s" + (" (target < 30 s at 100k)" if biggest >= 100000 else ""),
+             biggest < 100000 or r["seconds"] < TARGET_SECONDS_100K),
+            (f"{r['seconds'] / floor['seconds']:.1f}x the json floor (target <= 20x)",
+             r["seconds"] / floor["seconds"] <= TARGET_FLOOR_RATIO),
+            (f"peak {r['peak_mb']:.0f} MB (target < 2048 MB)", r["peak_mb"] < TARGET_PEAK_MB),
+        ]
+        line = "; ".join(f"{text} {'ok' if good else 'MISSED'}" for text, good in checks)
+        print(f"harness {f} at {biggest} turns: {line}")
+
+
+if __name__ == "__main__":
+    main()
