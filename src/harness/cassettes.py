@@ -144,8 +144,11 @@ def _interaction(raw: Any, where: str) -> Interaction:
             response_headers=resp_headers,
             response_body=_decode_body(_as_bytes(_body_field(response)), resp_headers),
         )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise CassetteError(f"{where}: not a vcrpy interaction ({exc!r} missing or wrong)") from None
+    except KeyError as exc:
+        raise CassetteError(f"{where}: missing {exc.args[0]!r} (expected a vcrpy request and "
+                            "response)") from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise CassetteError(f"{where}: not a vcrpy interaction ({exc})") from None
 
 
 def read_cassette(path: str | Path) -> list[Interaction]:

@@ -77,6 +77,10 @@ def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.out:
+        results.check_format(args.out)
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit)
     extra = _user_providers(args.providers_file)
     names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)

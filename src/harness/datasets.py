@@ -198,8 +198,8 @@ def _items(record: dict, answers: dict[str, list[str]] | None) -> tuple[list[Any
             if key in record and key in ("messages", "conversations"):
                 raise _Bad(f"{key} is {_kind(value)} (expected a list of messages)")
             continue
-        if value and all(isinstance(p, dict) and "user" in p and not {"role", "from"} & p.keys()
-                         for p in value):
+        if value and all(isinstance(p, dict) and not {"role", "from"} & p.keys() for p in value) \
+                and any("user" in p for p in value):
             value = _pairs(value, key)
         elif key == "traj" and not all(isinstance(m, dict) and "role" in m for m in value):
             continue
@@ -221,6 +221,8 @@ def _pairs(pairs: list[dict], key: str) -> list[dict]:
     """`[{user, bot|sys|assistant}, ...]` (MT-Bench-101, MT-Eval) -> role dicts."""
     items: list[dict] = []
     for k, pair in enumerate(pairs, 1):
+        if "user" not in pair:
+            raise _Bad(f"{key} item {k} has no 'user' (expected {{user, bot}} pairs)")
         items.append({"role": "user", "content": pair["user"], "_at": f"{key} item {k} user"})
         reply = next((pair[r] for r in ("bot", "sys", "assistant") if r in pair), None)
         if reply is not None:

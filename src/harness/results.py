@@ -126,36 +126,44 @@ def _none_if_nan(value):
     return value
 
 
+FORMATS = (".parquet", ".csv", ".jsonl", ".json")
+
+
+def check_format(path: str | Path) -> str:
+    """The results format of `path` by its extension, or ValueError naming the ones known."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown results format {suffix or '(no extension)'!r} "
+                         "(use .parquet, .csv or .jsonl)")
+    return suffix
+
+
 def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
+    suffix = check_format(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
     if suffix == ".parquet":
         frame.to_parquet(path, index=False)
     elif suffix == ".csv":
         frame.to_csv(path, index=False)
-    elif suffix in (".jsonl", ".json"):
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
     else:
-        raise ValueError(f"{path}: unknown results format {suffix!r} (use .parquet, .csv or .jsonl)")
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
     return path
 
 
 def load(path: str | Path) -> pd.DataFrame:
     """Read a results file written by `save` back into the documented dtypes."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = check_format(path)
     try:
         if suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif suffix == ".csv":
             frame = pd.read_csv(path, dtype={"conversation_id": str}, keep_default_na=False,
                                 na_values=[""])
-        elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, orient="records", lines=True, dtype={"conversation_id": str})
         else:
-            raise ValueError(f"unknown results format {suffix!r} (use .parquet, .csv or .jsonl)")
+            frame = pd.read_json(path, orient="records", lines=True, dtype={"conversation_id": str})
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except ValueError as exc:

@@ -188,15 +188,26 @@ def load_providers_file(path: str | Path) -> dict[str, Provider]:
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise ProviderConfigError(f"{path}: providers.{name}: expected a table")
-        base = PRESETS.get(table.get("preset", "")) if "preset" in table else None
+        base = None
+        if "preset" in table:
+            base = PRESETS.get(table["preset"])
+            if base is None:
+                raise ProviderConfigError(
+                    f"{path}: providers.{name}.preset: unknown preset {table['preset']!r} "
+                    f"(expected one of: {', '.join(PRESETS)})"
+                )
         fields = {**(base.model_dump() if base else {}), **table, "name": name}
         fields.pop("preset", None)
         try:
             providers[name] = Provider(**fields)
         except ValidationError as exc:
-            err = exc.errors()[0]
+            # a misspelt key explains the "field required" that follows it: name it first
+            errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+            err = errors[0]
             where = ".".join(str(p) for p in err["loc"]) or "table"
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field (expected: preset, {', '.join(Provider.model_fields)})"
             raise ProviderConfigError(f"{path}: providers.{name}.{where}: {msg}") from None
     return providers
 

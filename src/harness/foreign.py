@@ -1,0 +1,893 @@
+"""Cassettes other tools recorded: inspect them, and import their chat requests as a dataset.
+
+`inspect_cassettes` reads any vcrpy cassette (vcrpy, pytest-recording, pydantic-ai's
+`parsed_body` variant; gzip and base64 bodies; SSE and NDJSON streams) into one row per
+recorded interaction: where it went, which provider and wire protocol the URL names, and what
+the reply was (finish reason, tokens, the start of the text, the error).
+
+`import_cassettes` turns the conversations in recorded chat requests into a harness dataset
+(canonical JSONL) plus a baseline results file holding the recorded replies, so recordings
+made by other projects become a regression suite. Requests that grow turn by turn (the request
+for turn k+1 starts with turn k's messages and an assistant reply) are merged into one
+conversation; independent requests become separate conversations.
+
+The request side ("request body -> messages") is here, one small function per wire protocol
+in `REQUEST_PARSERS`; replies are read by the adapters' own `parse_response`. Gemini's
+generateContent has no adapter in harness, so a minimal read-only reader lives here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+import yaml
+
+from . import results
+from .cassettes import LATENCY_HEADER, CassetteError, Interaction, _interaction, read_cassette
+from .datasets import Dataset, DatasetError, conversation_turns, from_records, load_dataset
+from .messages import (
+    AssistantMessage,
+    Message,
+    Reply,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+)
+from .providers import protocol_module
+from .providers._common import (
+    arguments_text,
+    dig,
+    error_reply,
+    error_text,
+    is_sse,
+    load_json,
+    make_reply,
+    make_usage,
+    sse_events,
+)
+
+TEXT_CHARS = 60
+CASSETTE_SUFFIXES = (".yaml", ".yml", ".json")
+COLUMNS: dict[str, str] = {  # inspect_cassettes: column -> dtype
+    "file": "string", "index": "Int64", "method": "string", "host": "string", "path": "string",
+    "provider": "string", "protocol": "string", "model": "string", "messages": "Int64",
+    "streamed": "boolean", "status": "Int64", "finish_reason": "string",
+    "raw_finish_reason": "string", "input_tokens": "Int64", "output_tokens": "Int64",
+    "total_tokens": "Int64", "cached_tokens": "Int64", "text": "string", "tool_calls": "string",
+    "response_model": "string", "error": "string",
+}
+SHOWN = ("file", "index", "method", "provider", "protocol", "model", "streamed", "status",
+         "finish_reason", "raw_finish_reason", "input_tokens", "output_tokens", "total_tokens",
+         "cached_tokens", "text", "tool_calls", "error")
+
+# --- where a request went ---------------------------------------------------------------------
+
+HOSTS = {
+    "api.openai.com": "openai",
+    "api.together.xyz": "together", "api.together.ai": "together",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral",
+    "openrouter.ai": "openrouter",
+    "api.cohere.com": "cohere", "api.cohere.ai": "cohere",
+    "api.anthropic.com": "anthropic",
+    "llm-gateway.assemblyai.com": "assemblyai",
+    "generativelanguage.googleapis.com": "gemini",
+    "router.huggingface.co": "huggingface",
+}
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+_GEMINI_PATH = re.compile(r"/models/([^/:]+):(?:stream)?[gG]enerateContent$")
+
+
+def protocol_of_path(path: str) -> str | None:
+    """The chat wire protocol a URL path speaks, or None for anything that is not a chat call."""
+    path = path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return "openai"
+    if path.endswith("/v1/messages") or path == "/messages":
+        return "anthropic"
+    if path.endswith("/v2/chat"):
+        return "cohere-v2"
+    if path.endswith("/v1/chat"):
+        return "cohere-v1"
+    if _GEMINI_PATH.search(path):
+        return "gemini"
+    return None
+
+
+def detect(uri: str) -> tuple[str, str | None]:
+    """(provider, wire protocol) from a recorded URI; protocol None when it is no chat call.
+
+    Known hosts name the provider (Cohere by API version: `cohere-v1` / `cohere-v2`; Together
+    also behind the Hugging Face router); 127.0.0.1 / localhost are `local`; any other host is
+    its own name. The protocol always comes from the path (fragments and queries ignored).
+    """
+    parts = urlsplit(uri)
+    host, path = (parts.hostname or "").lower(), parts.path
+    protocol = protocol_of_path(path)
+    provider = "local" if host in LOCAL_HOSTS else HOSTS.get(host, host or "unknown")
+    if provider == "cohere" and protocol in ("cohere-v1", "cohere-v2"):
+        provider = protocol
+    elif provider == "huggingface" and path.startswith("/together/"):
+        provider = "together"
+    return provider, protocol
+
+
+# --- request bodies -> messages ---------------------------------------------------------------
+
+
+def _parts_text(content: Any, joiner: str = "\n") -> str:
+    """Content as text: a string, or a list of parts (text kept, other parts named in brackets)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        content = [content]
+    if not isinstance(content, list):
+        return json.dumps(content, ensure_ascii=False)
+    out: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        if not isinstance(part, Mapping):
+            out.append(json.dumps(part, ensure_ascii=False))
+            continue
+        kind = part.get("type", "text")
+        if isinstance(part.get("text"), str) and kind in ("text", "input_text", "output_text"):
+            out.append(part["text"])
+        elif kind == "document":  # Cohere v2 tool results
+            document = part.get("document")
+            data = document.get("data", document) if isinstance(document, Mapping) else document
+            out.append(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
+        elif kind not in ("thinking", "redacted_thinking", "reasoning"):
+            out.append(f"[{kind}]")
+    return joiner.join(out)
+
+
+def _messages_list(body: Any, key: str = "messages") -> list[Any]:
+    if not isinstance(body, Mapping):
+        raise ValueError("the request body is not a JSON object")
+    items = body.get(key)
+    if not isinstance(items, list):
+        raise ValueError(f"no {key!r} list in the request body")
+    for n, item in enumerate(items, 1):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{key} item {n} is not an object")
+    return items
+
+
+def _openai_calls(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
+    calls = [ToolCall(id=c.get("id"), name=dig(c, "function", "name") or "",
+                      arguments=arguments_text(dig(c, "function", "arguments")))
+             for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
+    legacy = message.get("function_call")
+    if isinstance(legacy, Mapping):
+        calls.append(ToolCall(name=legacy.get("name") or "",
+                              arguments=arguments_text(legacy.get("arguments"))))
+    return tuple(calls)
+
+
+def openai_request(body: Any) -> list[Message]:
+    """OpenAI-compatible `messages` (system/developer, user, assistant + tool_calls, tool)."""
+    out: list[Message] = []
+    for n, m in enumerate(_messages_list(body), 1):
+        role, content = m.get("role"), m.get("content")
+        if role in ("system", "developer"):
+            out.append(SystemMessage(content=_parts_text(content)))
+        elif role == "user":
+            out.append(UserMessage(content=_parts_text(content)))
+        elif role == "assistant":
+            out.append(AssistantMessage(content=_parts_text(content, ""),
+                                        tool_calls=_openai_calls(m)))
+        elif role in ("tool", "function"):
+            name = m.get("name")
+            out.append(ToolMessage(content=_parts_text(content), tool_call_id=m.get("tool_call_id"),
+                                   name=name if isinstance(name, str) else None))
+        else:
+            raise ValueError(f"messages item {n}: unknown role {role!r}")
+    return out
+
+
+def cohere_v2_request(body: Any) -> list[Message]:
+    """Cohere v2 `messages`: like OpenAI's, with `tool_plan` and document tool results."""
+    out: list[Message] = []
+    for n, m in enumerate(_messages_list(body), 1):
+        role, content = m.get("role"), m.get("content")
+        if role == "system":
+            out.append(SystemMessage(content=_parts_text(content)))
+        elif role == "user":
+            out.append(UserMessage(content=_parts_text(content)))
+        elif role == "assistant":
+            text = _parts_text(content, "") or m.get("tool_plan") or ""
+            out.append(AssistantMessage(content=text, tool_calls=_openai_calls(m)))
+        elif role == "tool":
+            out.append(ToolMessage(content=_parts_text(content), tool_call_id=m.get("tool_call_id")))
+        else:
+            raise ValueError(f"messages item {n}: unknown role {role!r}")
+    return out
+
+
+def _v1_tool_messages(results_: Any) -> list[Message]:
+    out: list[Message] = []
+    for result in results_ or []:
+        if not isinstance(result, Mapping):
+            continue
+        outputs = result.get("outputs")
+        if (isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], Mapping)
+                and list(outputs[0]) == ["output"] and isinstance(outputs[0]["output"], str)):
+            text = outputs[0]["output"]  # what harness's own v1 adapter sends
+        else:
+            text = json.dumps(outputs, ensure_ascii=False)
+        out.append(ToolMessage(content=text, name=dig(result, "call", "name")))
+    return out
+
+
+def cohere_v1_request(body: Any) -> list[Message]:
+    """Cohere v1: `preamble` + `chat_history` (USER/CHATBOT/SYSTEM/TOOL) + `message`."""
+    if not isinstance(body, Mapping):
+        raise ValueError("the request body is not a JSON object")
+    if not isinstance(body.get("message"), str) and not body.get("tool_results"):
+        raise ValueError("no 'message' string in the request body")
+    out: list[Message] = []
+    if isinstance(body.get("preamble"), str) and body["preamble"]:
+        out.append(SystemMessage(content=body["preamble"]))
+    history = body.get("chat_history") or []
+    if not isinstance(history, list):
+        raise ValueError("'chat_history' is not a list")
+    for n, entry in enumerate(history, 1):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"chat_history item {n} is not an object")
+        role = str(entry.get("role", entry.get("user_name", ""))).upper()
+        text = entry.get("message", entry.get("text"))
+        text = text if isinstance(text, str) else ""
+        if role == "USER":
+            out.append(UserMessage(content=text))
+        elif role in ("CHATBOT", "ASSISTANT"):
+            calls = tuple(ToolCall(name=c.get("name") or "", arguments=arguments_text(c.get("parameters")))
+                          for c in entry.get("tool_calls") or [] if isinstance(c, Mapping))
+            out.append(AssistantMessage(content=text, tool_calls=calls))
+        elif role == "SYSTEM":
+            out.append(SystemMessage(content=text))
+        elif role == "TOOL":
+            out += _v1_tool_messages(entry.get("tool_results"))
+        else:
+            raise ValueError(f"chat_history item {n}: unknown role {entry.get('role')!r}")
+    out += _v1_tool_messages(body.get("tool_results"))
+    if isinstance(body.get("message"), str) and (body["message"] or not body.get("tool_results")):
+        out.append(UserMessage(content=body["message"]))
+    return out
+
+
+def anthropic_request(body: Any) -> list[Message]:
+    """Anthropic Messages: `system` + `messages` of content blocks (tool_use / tool_result)."""
+    items = _messages_list(body)
+    out: list[Message] = []
+    system = _parts_text(body.get("system"))
+    if system:
+        out.append(SystemMessage(content=system))
+    for n, m in enumerate(items, 1):
+        role, content = m.get("role"), m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list):
+            raise ValueError(f"messages item {n}: content is neither text nor a list of blocks")
+        blocks = [b for b in blocks if isinstance(b, Mapping)]
+        if role == "user":
+            for b in blocks:
+                if b.get("type") == "tool_result":
+                    out.append(ToolMessage(content=_parts_text(b.get("content")),
+                                           tool_call_id=b.get("tool_use_id")))
+            rest = [b for b in blocks if b.get("type") != "tool_result"]
+            if rest or not blocks:
+                out.append(UserMessage(content=_parts_text(rest)))
+        elif role == "assistant":
+            calls = tuple(ToolCall(id=b.get("id"), name=b.get("name") or "",
+                                   arguments=arguments_text(b.get("input")))
+                          for b in blocks if b.get("type") == "tool_use")
+            text = _parts_text([b for b in blocks if b.get("type") != "tool_use"], "")
+            out.append(AssistantMessage(content=text, tool_calls=calls))
+        else:
+            raise ValueError(f"messages item {n}: unknown role {role!r}")
+    return out
+
+
+def gemini_request(body: Any) -> list[Message]:
+    """Gemini generateContent: `systemInstruction` + `contents` (user/model, parts)."""
+    items = _messages_list(body, "contents")
+    out: list[Message] = []
+    system = body.get("systemInstruction", body.get("system_instruction"))
+    if isinstance(system, Mapping):
+        text = _parts_text(system.get("parts"))
+        if text:
+            out.append(SystemMessage(content=text))
+    for n, m in enumerate(items, 1):
+        role = m.get("role", "user")
+        parts = [p for p in m.get("parts") or [] if isinstance(p, Mapping) and not p.get("thought")]
+        texts = [p["text"] for p in parts if isinstance(p.get("text"), str)]
+        if role == "model":
+            calls = tuple(ToolCall(id=dig(p, "functionCall", "id"),
+                                   name=dig(p, "functionCall", "name") or "",
+                                   arguments=arguments_text(dig(p, "functionCall", "args")))
+                          for p in parts if isinstance(p.get("functionCall"), Mapping))
+            out.append(AssistantMessage(content="".join(texts), tool_calls=calls))
+        elif role in ("user", "function"):
+            for p in parts:
+                response = p.get("functionResponse")
+                if isinstance(response, Mapping):
+                    out.append(ToolMessage(
+                        content=arguments_text(response.get("response")),
+                        tool_call_id=response.get("id"), name=response.get("name")))
+            if texts or not parts:
+                out.append(UserMessage(content="\n".join(texts)))
+        else:
+            raise ValueError(f"contents item {n}: unknown role {role!r}")
+    return out
+
+
+REQUEST_PARSERS: dict[str, Callable[[Any], list[Message]]] = {
+    "openai": openai_request,
+    "cohere-v1": cohere_v1_request,
+    "cohere-v2": cohere_v2_request,
+    "anthropic": anthropic_request,
+    "gemini": gemini_request,
+}
+
+
+def parse_request(protocol: str, body: Any) -> list[Message]:
+    """The messages of a recorded chat request body (parsed JSON) in one wire protocol."""
+    if protocol not in REQUEST_PARSERS:
+        raise ValueError(f"unsupported protocol {protocol!r}")
+    return REQUEST_PARSERS[protocol](body)
+
+
+# --- Gemini replies (no adapter in harness: read-only, minimal) -------------------------------
+
+GEMINI_FINISH_REASONS = {
+    "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
+    "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "error", "OTHER": "other",
+}
+
+
+def gemini_response(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
+    """A generateContent reply (JSON, JSON array or SSE stream of chunks) as a Reply."""
+    if status >= 400:
+        return error_reply(status, body)
+    if is_sse(body):
+        chunks = [data for _, data in sse_events(body)]
+    else:
+        data = load_json(body)
+        chunks = data if isinstance(data, list) else [data]
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    raw = usage = model = response_id = error = None
+    for chunk in chunks:
+        if not isinstance(chunk, Mapping):
+            continue
+        if chunk.get("error"):
+            error = error_text(status, body, chunk)
+        usage = chunk.get("usageMetadata") or usage
+        model = chunk.get("modelVersion") or model
+        response_id = chunk.get("responseId") or response_id
+        raw = dig(chunk, "promptFeedback", "blockReason") or raw
+        candidates = chunk.get("candidates") or [{}]
+        candidate = candidates[0] if isinstance(candidates[0], Mapping) else {}
+        for part in dig(candidate, "content", "parts") or []:
+            if not isinstance(part, Mapping) or part.get("thought"):
+                continue
+            if isinstance(part.get("text"), str):
+                text.append(part["text"])
+            if isinstance(part.get("functionCall"), Mapping):
+                call = part["functionCall"]
+                calls.append(ToolCall(id=call.get("id"), name=call.get("name") or "",
+                                      arguments=arguments_text(call.get("args"))))
+        raw = candidate.get("finishReason") or raw
+    tokens = make_usage(dig(usage, "promptTokenCount"), dig(usage, "candidatesTokenCount"),
+                        dig(usage, "totalTokenCount"),
+                        cached_input_tokens=dig(usage, "cachedContentTokenCount"),
+                        reasoning_tokens=dig(usage, "thoughtsTokenCount"))
+    return make_reply("".join(text), raw, GEMINI_FINISH_REASONS, calls, tokens, response_id,
+                      model, error)
+
+
+def parse_reply(protocol: str, interaction: Interaction) -> Reply:
+    """The recorded response of a chat interaction as a Reply (raises ValueError when unreadable)."""
+    headers = {k.lower(): (v[0] if isinstance(v, list) and v else str(v))
+               for k, v in interaction.response_headers.items()}
+    if protocol == "gemini":
+        return gemini_response(interaction.status, headers, interaction.response_body)
+    adapter = protocol_module(protocol)
+    return adapter.parse_response(interaction.status, headers, interaction.response_body)
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+def cassette_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The files named, folders expanded to the .yaml/.yml/.json files under them (sorted)."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    out: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in CASSETTE_SUFFIXES)
+            if not found:
+                raise CassetteError(f"{path}: no cassettes (.yaml, .yml, .json) in this folder")
+            out += found
+        else:
+            out.append(path)
+    if not out:
+        raise CassetteError("no cassette files given")
+    return out
+
+
+def _interactions(path: Path) -> list[Interaction | str]:
+    """Every interaction of a cassette; one that cannot be read is its problem as a string.
+
+    A file that is not a cassette at all raises CassetteError.
+    """
+    try:
+        return list(read_cassette(path))
+    except CassetteError as first:
+        raw = _raw_list(path)
+        if raw is None:
+            raise first from None
+    out: list[Interaction | str] = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(_interaction(item, f"interaction {i}"))
+        except CassetteError as exc:
+            out.append(str(exc))
+    return out
+
+
+def _raw_list(path: Path) -> list | None:
+    """The raw `interactions` list of a readable version-1 cassette document, else None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("interactions"), list) \
+            and data.get("version", 1) == 1:
+        return data["interactions"]
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _streamed(interaction: Interaction, body: Any) -> bool:
+    if isinstance(body, Mapping) and body.get("stream") is True:
+        return True
+    parts = urlsplit(interaction.uri)
+    if "alt=sse" in parts.query or parts.path.endswith(":streamGenerateContent"):
+        return True
+    content_type = (interaction.header("content-type") or "").lower()
+    return any(k in content_type for k in ("event-stream", "stream+json", "ndjson"))
+
+
+# --- inspect ------------------------------------------------------------------------------------
+
+
+def _inspect_one(file: str, index: int, item: Interaction | str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(file=file, index=index)
+    if isinstance(item, str):
+        row["error"] = item
+        return row
+    parts = urlsplit(item.uri)
+    provider, protocol = detect(item.uri)
+    body = item.request_json()
+    model = body.get("model") if isinstance(body, Mapping) else None
+    if protocol == "gemini" and not model and (match := _GEMINI_PATH.search(parts.path)):
+        model = match.group(1)
+    row.update(method=item.method, host=(parts.hostname or "").lower(), path=parts.path,
+               provider=provider, protocol=protocol, model=model if isinstance(model, str) else None,
+               streamed=_streamed(item, body), status=item.status)
+    if protocol is None:  # not a chat call (GET /v1/models, embeddings, ...): no reply columns
+        return row
+    problem = None
+    try:
+        row["messages"] = len(parse_request(protocol, body))
+    except (ValueError, TypeError) as exc:
+        problem = f"request: {_one_line(exc)}"
+    try:
+        reply = parse_reply(protocol, item)
+    except Exception as exc:  # one odd interaction never stops the table
+        row.update(finish_reason="error", error=_one_line(exc))
+        return row
+    usage = reply.usage
+    row.update(
+        finish_reason=reply.finish_reason, raw_finish_reason=reply.raw_finish_reason,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens, cached_tokens=usage.cached_input_tokens,
+        text=reply.text[:TEXT_CHARS], response_model=reply.model,
+        tool_calls=", ".join(c.name for c in reply.tool_calls) or None,
+        error=reply.error or problem,
+    )
+    return row
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({column: pd.array([r[column] for r in rows], dtype=dtype)
+                         for column, dtype in COLUMNS.items()})
+
+
+def inspect_cassettes(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per recorded interaction of any vcrpy cassettes (files or folders of them).
+
+    Columns: file, index, method, host, path, provider, protocol (from the URL), model (the
+    request's), messages (how many the request holds), streamed, status, finish_reason,
+    raw_finish_reason, input/output/total/cached tokens, text (its first 60 characters),
+    tool_calls (names), response_model, error. Interactions that are no chat call keep the
+    reply columns empty; one that cannot be read gets its problem in `error`. A file that is
+    not a cassette raises CassetteError.
+    """
+    rows = []
+    for path in cassette_files(paths):
+        for index, item in enumerate(_interactions(path)):
+            rows.append(_inspect_one(str(path), index, item))
+    return _frame(rows)
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Exchange:
+    """One recorded chat request of a file, its messages and its reply."""
+
+    index: int
+    provider: str
+    protocol: str
+    model: str | None
+    messages: list[Message]
+    reply: Reply
+    status: int
+    latency_ms: float | None
+    body: Mapping[str, Any]
+
+
+@dataclass
+class ImportPlan:
+    """What `import_cassettes` writes: dataset records, baseline rows, and what it left out."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[results.TurnResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def order(self) -> list[str]:
+        return [r["id"] for r in self.records]
+
+
+def _reply_of(protocol: str, item: Interaction) -> Reply:
+    try:
+        return parse_reply(protocol, item)
+    except Exception as exc:  # an unreadable reply is an error row, as in replay
+        return Reply(finish_reason="error", error=_one_line(exc))
+
+
+def _latency(item: Interaction) -> float | None:
+    try:
+        return float(item.header(LATENCY_HEADER) or "")
+    except ValueError:
+        return None
+
+
+def _exchanges(path: Path, plan: ImportPlan) -> list[_Exchange]:
+    out = []
+    for index, item in enumerate(_interactions(path)):
+        where = f"{path}: interaction {index}"
+        if isinstance(item, str):
+            plan.skipped.append(item if item.startswith(str(path)) else f"{path}: {item}")
+            continue
+        provider, protocol = detect(item.uri)
+        if protocol is None:
+            plan.skipped.append(f"{where}: not a chat request ({item.method} {urlsplit(item.uri).path})")
+            continue
+        body = item.request_json()
+        try:
+            messages = parse_request(protocol, body)
+        except (ValueError, TypeError) as exc:
+            plan.skipped.append(f"{where}: cannot read the request: {_one_line(exc)}")
+            continue
+        if not any(m.role == "user" for m in messages):
+            plan.skipped.append(f"{where}: the request holds no user message")
+            continue
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        if protocol == "gemini" and model is None:
+            match = _GEMINI_PATH.search(urlsplit(item.uri).path)
+            model = match.group(1) if match else None
+        out.append(_Exchange(index, provider, protocol, model, messages, _reply_of(protocol, item),
+                             item.status, _latency(item), body))
+    return out
+
+
+def _agrees(reply: Reply, message: Message) -> bool:
+    """Whether an assistant message a later request re-sends is this recorded reply."""
+    if not isinstance(message, AssistantMessage):
+        return False
+    if reply.tool_calls or message.tool_calls:
+        ids = [c.id for c in reply.tool_calls]
+        if all(ids) and ids == [c.id for c in message.tool_calls]:
+            return True
+        return [(c.name, c.arguments) for c in reply.tool_calls] == [
+            (c.name, c.arguments) for c in message.tool_calls]
+    return " ".join(reply.text.split()) == " ".join(message.content.split())
+
+
+def _chains(exchanges: list[_Exchange]) -> list[list[_Exchange]]:
+    """Exchanges grouped into conversations: a request that starts with an earlier request's
+    messages followed by an assistant message continues it. Among several candidates the one
+    whose recorded reply is that assistant message wins, then the longest, then the latest."""
+    chains: list[list[_Exchange]] = []
+    for ex in exchanges:
+        best: tuple[bool, int, int] | None = None
+        for k, chain in enumerate(chains):
+            last = chain[-1]
+            n = len(last.messages)
+            if (last.protocol == ex.protocol and len(ex.messages) > n
+                    and ex.messages[n].role == "assistant" and ex.messages[:n] == last.messages):
+                score = (_agrees(last.reply, ex.messages[n]), n, k)
+                best = score if best is None or score > best else best
+        if best is None:
+            chains.append([ex])
+        else:
+            chains[best[2]].append(ex)
+    return chains
+
+
+def _reply_message(reply: Reply) -> AssistantMessage | None:
+    if reply.finish_reason == "error" or not (reply.text or reply.tool_calls):
+        return None
+    return AssistantMessage(content=reply.text, tool_calls=tuple(reply.tool_calls))
+
+
+def _message_record(message: Message) -> dict[str, Any]:
+    if isinstance(message, AssistantMessage):
+        out: dict[str, Any] = {"role": "assistant", "content": message.content}
+        if message.tool_calls:
+            out["tool_calls"] = [
+                {**({"id": c.id} if c.id else {}), "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in message.tool_calls]
+        return out
+    if isinstance(message, ToolMessage):
+        out = {"role": "tool", "content": message.content}
+        if message.tool_call_id:
+            out["tool_call_id"] = message.tool_call_id
+        if message.name:
+            out["name"] = message.name
+        return out
+    return {"role": message.role, "content": message.content}
+
+
+def _fix_tool_ids(messages: list[Message]) -> list[Message]:
+    """Tool results keep a tool_call_id only when an earlier assistant call has that id."""
+    seen: set[str] = set()
+    out: list[Message] = []
+    for m in messages:
+        if isinstance(m, AssistantMessage):
+            seen.update(c.id for c in m.tool_calls if c.id)
+        elif isinstance(m, ToolMessage) and m.tool_call_id and m.tool_call_id not in seen:
+            m = m.model_copy(update={"tool_call_id": None})
+        out.append(m)
+    return out
+
+
+PARAM_SKIP = frozenset({
+    "messages", "model", "stream", "stream_options", "system", "tools", "tool_choice",
+    "preamble", "chat_history", "message", "tool_results", "contents", "systemInstruction",
+    "system_instruction", "connectors",
+})
+
+
+def _metadata(file: str, chain: list[_Exchange], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    first = chain[0]
+    tools = [dig(t, "function", "name") or dig(t, "name")
+             for t in first.body.get("tools") or [] if isinstance(t, Mapping)]
+    params = {k: v for k, v in first.body.items()
+              if k not in PARAM_SKIP and v is not None and not isinstance(v, dict | list)}
+    meta: dict[str, Any] = {
+        "source": file, "interactions": [ex.index for ex in chain],
+        "provider": first.provider, "protocol": first.protocol, "model": first.model,
+    }
+    if params:
+        meta["params"] = params
+    if tools:
+        meta["tools"] = [t for t in tools if isinstance(t, str)]
+    if steps:
+        meta["tool_steps"] = steps
+    return meta
+
+
+def plan_import(paths: str | Path | Iterable[str | Path]) -> ImportPlan:
+    """The dataset records and baseline rows `import_cassettes` would write (nothing written).
+
+    Each conversation holds its longest request's messages plus the last recorded reply.
+    Every recorded reply to a request that ends in a user message becomes one baseline row for
+    that user turn (what replaying the imported dataset sends again). Replies to requests that
+    end in tool results (tool-loop steps inside a turn) cannot be replayed as a turn of their
+    own: they stay in the conversation as its assistant messages and are listed, with their
+    finish reason and tokens, in the conversation's `metadata["tool_steps"]`.
+    """
+    plan = ImportPlan()
+    used: set[str] = set()
+    for path in cassette_files(paths):
+        file = str(path)
+        for chain in _chains(_exchanges(path, plan)):
+            last = chain[-1]
+            messages = list(last.messages)
+            if (reply := _reply_message(last.reply)) is not None:
+                messages.append(reply)
+            base = conv_id = f"{path.stem}-{chain[0].index}"
+            n = 1
+            while conv_id in used:
+                n += 1
+                conv_id = f"{base}#{n}"
+            steps = []
+            for ex in chain:
+                if ex.messages[-1].role != "user":
+                    usage = ex.reply.usage
+                    steps.append({"interaction": ex.index,
+                                  "turn": sum(m.role == "user" for m in ex.messages),
+                                  "after": ex.messages[-1].role,
+                                  "finish_reason": ex.reply.finish_reason,
+                                  "raw_finish_reason": ex.reply.raw_finish_reason,
+                                  "input_tokens": usage.input_tokens,
+                                  "output_tokens": usage.output_tokens,
+                                  "http_status": ex.status})
+            record = {"id": conv_id,
+                      "messages": [_message_record(m) for m in _fix_tool_ids(messages)],
+                      "metadata": _metadata(file, chain, steps)}
+            try:
+                (conversation,) = from_records([record], name=path.stem).conversations
+            except DatasetError as exc:
+                where = ", ".join(str(ex.index) for ex in chain)
+                plan.skipped.append(f"{path}: interactions {where}: not a valid conversation: "
+                                    f"{_one_line(exc)}")
+                continue
+            used.add(conv_id)
+            plan.records.append(record)
+            turns = conversation_turns(conversation)
+            for ex in chain:
+                if ex.messages[-1].role != "user":
+                    continue
+                turn = turns[sum(m.role == "user" for m in ex.messages) - 1]
+                row = results.TurnResult.from_reply(
+                    ex.reply, conversation_id=conv_id, turn=turn.turn, provider=ex.provider,
+                    prompt=turn.prompt, reference=turn.reference)
+                row.model = row.model or ex.model
+                row.http_status, row.latency_ms, row.attempts = ex.status, ex.latency_ms, 1
+                plan.rows.append(row)
+    return plan
+
+
+def write_dataset(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Dataset records as canonical JSONL (one `{"id", "messages", "metadata"}` per line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def import_cassettes(
+    paths: str | Path | Iterable[str | Path], dataset_out: str | Path,
+    baseline_out: str | Path | None = None,
+) -> tuple[Dataset, pd.DataFrame]:
+    """Recorded chat requests -> a dataset JSONL at `dataset_out` (+ a baseline results file).
+
+    Returns the dataset as `load_dataset` reads it back and the baseline results frame (the
+    recorded replies as result rows; see `plan_import` for which replies are rows). Raises
+    ValueError when the cassettes hold no chat request to import.
+    """
+    return write_import(plan_import(paths), dataset_out, baseline_out)
+
+
+def write_import(plan: ImportPlan, dataset_out: str | Path,
+                 baseline_out: str | Path | None = None) -> tuple[Dataset, pd.DataFrame]:
+    """Write a planned import: the dataset JSONL and, if asked, the baseline results file."""
+    if not plan.records:
+        more = f" (and {len(plan.skipped) - 1} more)" if len(plan.skipped) > 1 else ""
+        why = f": {plan.skipped[0]}{more}" if plan.skipped else ""
+        raise ValueError(f"no chat requests to import{why}")
+    if baseline_out is not None:
+        _check_suffix(baseline_out, "baseline")
+    write_dataset(plan.records, dataset_out)
+    frame = results.to_frame(plan.rows, order=plan.order)
+    if baseline_out is not None:
+        results.save(frame, baseline_out)
+    return load_dataset(dataset_out), frame
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _check_suffix(path: str | Path, what: str) -> None:
+    if Path(path).suffix.lower() not in (".parquet", ".csv", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unknown {what} format {Path(path).suffix!r} "
+                         "(use .parquet, .csv or .jsonl)")
+
+
+def save_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Any table as Parquet, CSV or JSONL, chosen by the file extension."""
+    _check_suffix(path, "table")
+    return results.save(frame, path)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .cli import _console, print_frame
+
+    frame = inspect_cassettes(args.cassettes)
+    if args.out:
+        _check_suffix(args.out, "table")
+    shown = frame[list(SHOWN)].copy()
+    shown["file"] = [Path(f).name for f in shown["file"]]
+    console = _console()
+    files = frame["file"].nunique()
+    print_frame(shown, f"{len(frame)} interactions in {files} cassette{'s' * (files != 1)}",
+                console, max_chars=args.max_chars)
+    if args.out:
+        console.print(f"wrote {save_table(frame, args.out)}", highlight=False, markup=False,
+                      soft_wrap=True)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .cli import _console, print_frame
+
+    plan = plan_import(args.cassettes)
+    dataset, frame = write_import(plan, args.out, args.baseline)
+    console = _console()
+    summary = pd.DataFrame([
+        {"conversation": c.id, "source": Path(c.metadata.get("source", "")).name,
+         "provider": c.metadata.get("provider"), "model": c.metadata.get("model"),
+         "turns": len(c.user_turns()),
+         "baseline rows": int((frame["conversation_id"] == c.id).sum()),
+         "tool steps": len(c.metadata.get("tool_steps") or [])}
+        for c in dataset])
+    print_frame(summary, f"{len(dataset)} conversations, {len(dataset.turns())} user turns, "
+                f"{len(frame)} baseline rows", console, max_chars=60)
+    for line in plan.skipped:
+        console.print(f"not imported: {line}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote {args.out}" + (f" and {args.baseline}" if args.baseline else ""),
+                  highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `inspect` and `import` to the `python -m harness` subcommands."""
+    p = sub.add_parser("inspect", help="one row per interaction of any vcrpy cassettes")
+    p.add_argument("cassettes", nargs="+", metavar="CASSETTE",
+                   help="cassette files (vcrpy YAML/JSON), or folders of them")
+    p.add_argument("--out", "-o", metavar="FILE", help="also save the table (.csv, .parquet, .jsonl)")
+    p.add_argument("--max-chars", type=int, default=40, metavar="N",
+                   help="shorten long cells to N characters (default 40)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("import", help="turn recorded chat requests into a dataset and a baseline")
+    p.add_argument("cassettes", nargs="+", metavar="CASSETTE",
+                   help="cassette files (vcrpy YAML/JSON), or folders of them")
+    p.add_argument("--out", "-o", required=True, metavar="DATASET",
+                   help="where to write the dataset (JSONL)")
+    p.add_argument("--baseline", metavar="RESULTS",
+                   help="also write the recorded replies as results (.parquet, .csv, .jsonl)")
+    p.set_defaults(func=cmd_import)
