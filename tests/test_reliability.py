@@ -150,3 +150,31 @@ def test_kill_9_then_the_same_command_resumes_without_recalling_a_turn(tmp_path)
     assert len(final) == 36 and not final.duplicated(["conversation_id", "turn"]).any()
     pd.testing.assert_frame_equal(final.drop(columns="latency_ms"),
                                   expected.drop(columns="latency_ms"))
+
+
+def test_rate_limit_spaces_requests_evenly(tmp_path):
+    with StubServer() as stub:
+        provider = stub_providers(stub.base_url)[0].model_copy(update={"rate_limit": 600.0})
+        replay(many_turns(6, 1), [provider], record_mode="all", cassette_dir=tmp_path,
+               concurrency=6, progress=False)
+        arrivals = sorted(r["at"] for r in stub.requests)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert len(gaps) == 5
+    assert min(gaps) >= 0.09  # 600 a minute: one every 0.1 s, though 6 were ready at once
+
+
+def test_an_interrupted_write_leaves_the_old_cassette_whole(tmp_path, monkeypatch):
+    from harness import cassettes
+
+    path = tmp_path / "c.yaml"
+    cassettes.write_cassette(path, [])
+    old = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the run were stopped mid-write
+
+    monkeypatch.setattr(cassettes.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cassettes.write_cassette(path, [{"request": {}, "response": {}}])
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]  # no temp file left behind

@@ -171,6 +171,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"harness: error: {message} (see {self.prog} --help)\n")
 
 
+def cmd_serve_local(args: argparse.Namespace) -> int:
+    from .local import serve
+
+    return serve(args.model, args.port, args.threads, args.ctx_size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m harness",
@@ -229,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)
+
+    p = sub.add_parser("serve-local", help="run a real small model (llama.cpp) on 127.0.0.1")
+    p.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2",
+                   help="smollm2: SmolLM2-135M-Instruct (chat); gemma3: Gemma 3 270M (base)")
+    p.add_argument("--port", type=int, help="default: the port of the local-MODEL preset")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ctx-size", type=int, default=4096)
+    p.set_defaults(func=cmd_serve_local)
 
     p = sub.add_parser("serve-stub", help="run the deterministic stub server on 127.0.0.1")
     p.add_argument("--port", type=int, default=8099)

@@ -178,6 +178,8 @@ def _conversations(
         used.add(conv_id)
         skip = {*consumed, "id", "conversation_id"}
         metadata = {k: v for k, v in record.items() if k not in skip}
+        if isinstance(metadata.get("metadata"), dict):  # canonical {"id", "messages", "metadata"}
+            metadata = {**metadata.pop("metadata"), **metadata}
         if isinstance(metadata.get("tools"), str):  # ShareGPT keeps tool schemas as JSON text
             with contextlib.suppress(json.JSONDecodeError):
                 metadata["tools"] = json.loads(metadata["tools"])

@@ -204,7 +204,8 @@ class StubServer:
                     return self._error(400, "request body is not JSON")
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body,
-                                            "headers": dict(self.headers)})
+                                            "headers": dict(self.headers),
+                                            "at": time.monotonic()})
                 if server.delay:
                     time.sleep(server.delay)
                 fault = server._pick_fault()
