@@ -52,11 +52,20 @@ def _cell(value: object, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
+SHORT_NAMES = {
+    "input_tokens": "in", "output_tokens": "out", "total_tokens": "total",
+    "cached_input_tokens": "cached in", "reasoning_tokens": "reasoning",
+    "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
+    "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
+}
+
+
 def print_report(frame: pd.DataFrame, console: Console) -> None:
     """The comparison tables of one run."""
     print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
     print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
-    print_frame(compare.usage(frame), "Token usage and latency", console, index=True)
+    usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
+    print_frame(usage, "Token usage and latency", console, index=True)
     errors = frame[frame["status"] != "ok"]
     if len(errors):
         print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",

@@ -43,9 +43,8 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     for column in TOKEN_COLUMNS:
         if results[column].notna().any():
             table[column] = groups[column].sum(min_count=1)
-    for column in ("input_tokens", "output_tokens"):
-        if column in table:
-            table[f"mean_{column}"] = groups[column].mean().round(1)
+    if "output_tokens" in table:
+        table["mean_output_tokens"] = groups["output_tokens"].mean().round(1)
     latency = groups["latency_ms"]
     table["latency_p50_ms"] = latency.quantile(0.5).round(1)
     table["latency_p95_ms"] = latency.quantile(0.95).round(1)

