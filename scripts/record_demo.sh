@@ -3,6 +3,7 @@
 #   stub-*          against harness's own stub server (not a model)
 #   local-smollm2   against llama.cpp + SmolLM2-135M-Instruct on 127.0.0.1 (needs the 'local' extra)
 #   local-gemma3    against llama.cpp + Gemma 3 270M on 127.0.0.1
+#   local-smollm2-anthropic  the SmolLM2 server again, over Anthropic's /v1/messages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
@@ -12,7 +13,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 "$py" -m harness serve-stub --port 8099 & pids+=($!)
 sleep 1
 "$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress \
-  -p stub-cohere-v1 -p stub-cohere-v2 -p stub-anthropic
+  -p stub-cohere-v1 -p stub-cohere-v2
 
 if [ "${1:-}" != "--stub-only" ]; then
   "$py" -m harness serve-local --model smollm2 & pids+=($!)
@@ -29,5 +30,5 @@ for port in (8081, 8082):
         time.sleep(0.2)
 PY
   "$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress --concurrency 1 \
-    -p local-smollm2 -p local-gemma3
+    -p local-smollm2 -p local-gemma3 -p local-smollm2-anthropic
 fi

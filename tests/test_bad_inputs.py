@@ -106,12 +106,12 @@ def test_bad_provider_file(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(CASSETTES))
 def test_bad_cassette(name, tmp_path):
     cassettes = tmp_path / "cassettes"
-    shutil.copytree(ROOT / "cassettes" / "demo" / "stub-anthropic",
-                    cassettes / "demo" / "stub-anthropic")
-    target = cassettes / "demo" / "stub-anthropic" / "name-memory.yaml"
+    shutil.copytree(ROOT / "cassettes" / "demo" / "stub-cohere-v2",
+                    cassettes / "demo" / "stub-cohere-v2")
+    target = cassettes / "demo" / "stub-cohere-v2" / "name-memory.yaml"
     shutil.copyfile(BAD / "cassettes" / name, target)
     before = {p: p.read_bytes() for p in cassettes.rglob("*") if p.is_file()}
-    proc = run_cli("replay", "datasets/demo.jsonl", "-p", "stub-anthropic", "--cassettes",
+    proc = run_cli("replay", "datasets/demo.jsonl", "-p", "stub-cohere-v2", "--cassettes",
                    str(cassettes), "--no-progress", "--out", str(tmp_path / "out.parquet"))
     assert_one_clear_line(proc, str(target), *CASSETTES[name])
     assert {p: p.read_bytes() for p in cassettes.rglob("*") if p.is_file()} == before

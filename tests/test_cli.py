@@ -37,7 +37,8 @@ def test_shipped_demo_replays_offline_and_prints_the_tables(tmp_path):
     for title in ("Replies, side by side", "Finish reasons", "Token usage and latency"):
         assert title in proc.stdout
     frame = results.load(out)
-    assert set(frame["provider"]) >= {"stub-cohere-v1", "stub-cohere-v2", "stub-anthropic"}
+    assert set(frame["provider"]) == {"local-smollm2", "local-gemma3", "local-smollm2-anthropic",
+                                      "stub-cohere-v1", "stub-cohere-v2"}
     assert frame.groupby("provider").size().eq(26).all()
     assert "length" in set(frame["finish_reason"])
 

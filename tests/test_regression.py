@@ -50,13 +50,13 @@ def test_committed_cassettes_match_the_baseline():
 @pytest.mark.block_network(allowed_hosts=NO_HOST)
 def test_a_changed_cassette_fails_with_a_readable_diff(tmp_path):
     shutil.copytree(ROOT / "cassettes", tmp_path / "cassettes")
-    cassette = tmp_path / "cassettes" / "demo" / "stub-anthropic" / "name-memory.yaml"
+    cassette = tmp_path / "cassettes" / "demo" / "local-smollm2-anthropic" / "name-memory.yaml"
     cassette.write_text(cassette.read_text().replace("end_turn", "max_tokens", 1))
     with pytest.raises(AssertionError) as failure:
         check_against_baseline(tmp_path / "cassettes")
     message = str(failure.value)
     assert "1 rows drifted" in message
-    assert "name-memory turn 1 stub-anthropic: finish_reason" in message
+    assert "name-memory turn 1 local-smollm2-anthropic: finish_reason" in message
     assert "finish_reason: 'stop' -> 'length'" in message
 
 

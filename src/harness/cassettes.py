@@ -48,6 +48,7 @@ SECRET_HEADERS = frozenset(
 SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token"})
 SCRUBBED = "<scrubbed>"
 LATENCY_HEADER = "x-harness-latency-ms"
+_BODY_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
 
 
 class CassetteError(ValueError):
@@ -81,6 +82,16 @@ class Interaction:
     def header(self, name: str) -> str | None:
         """A response header, case-insensitively (vcrpy keeps the recorder's spelling)."""
         return _header(self.response_headers, name)
+
+    def replay_headers(self) -> list[tuple[str, str]]:
+        """The response headers to replay: the body is stored decoded, so no encoding/length."""
+        return [(k, v) for k, values in self.response_headers.items() for v in values
+                if k.lower() not in _BODY_FRAMING]
+
+    def latency_ms(self) -> float | None:
+        """The latency harness recorded for this exchange, or None (vcrpy records none)."""
+        value = self.header(LATENCY_HEADER)
+        return float(value) if value else None
 
 
 def _header(headers: dict[str, list[str]], name: str) -> str | None:
@@ -267,6 +278,7 @@ class Cassette:
     secrets: list[str] = field(default_factory=list)
     existed: bool = False
     _index: dict[bytes, deque[Interaction]] = field(default_factory=dict)
+    _keys: dict[tuple[str, str, bytes], bytes] = field(default_factory=dict)
     _recorded: list[dict] = field(default_factory=list)
     _kept: list[dict] = field(default_factory=list)
 
@@ -276,40 +288,51 @@ class Cassette:
         """Open for `mode`; `keep` (a resumed run) keeps what an unfinished run recorded."""
         path = Path(path)
         cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
-        cassette.existed = path.exists() and not keep
-        if path.exists() and mode != "all":
+        exists = path.exists()
+        cassette.existed = exists and not keep
+        if exists and mode != "all":
             for interaction in read_cassette(path):
-                key = request_key(interaction.method, interaction.uri, interaction.request_body)
+                key = cassette._key(interaction.method, interaction.uri, interaction.request_body)
                 cassette._index.setdefault(key, deque()).append(interaction)
-        if path.exists() and (mode == "new_episodes" or keep):
+        if exists and (mode == "new_episodes" or keep):
             cassette._kept = _raw_interactions(path)
         return cassette
+
+    def _key(self, method: str, url: str, body: bytes) -> bytes:
+        """`request_key`, remembered: replay mostly sends the very bytes that were recorded."""
+        raw = (method, url, body)
+        key = self._keys.get(raw)
+        if key is None:
+            key = self._keys[raw] = request_key(method, url, body)
+        return key
 
     @property
     def may_record(self) -> bool:
         return self.mode in ("all", "new_episodes") or (self.mode == "once" and not self.existed)
 
-    def play(self, request: httpx.Request) -> tuple[httpx.Response, float] | None:
-        """The next recording of this request with its recorded latency, or None."""
+    def take(self, method: str, url: str, body: bytes) -> Interaction | None:
+        """The next recording of this request, used up; None when there is none left."""
         if self.mode == "all":
             return None
-        queue = self._index.get(request_key(request.method, str(request.url), request.content))
-        if not queue:
+        queue = self._index.get(self._key(method, url, body))
+        return queue.popleft() if queue else None
+
+    def play(self, request: httpx.Request) -> tuple[httpx.Response, float] | None:
+        """The next recording of this request with its recorded latency, or None."""
+        hit = self.take(request.method, str(request.url), request.content)
+        if hit is None:
             return None
-        hit = queue.popleft()
-        headers = [(k, v) for k, values in hit.response_headers.items() for v in values
-                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-        latency = float(hit.header(LATENCY_HEADER) or "nan")
-        response = httpx.Response(hit.status, headers=headers, content=hit.response_body,
-                                  request=request)
-        return response, latency
+        latency = hit.latency_ms()
+        response = httpx.Response(hit.status, headers=hit.replay_headers(),
+                                  content=hit.response_body, request=request)
+        return response, float("nan") if latency is None else latency
 
     def record(self, request: httpx.Request, response: httpx.Response, latency_ms: float) -> None:
         """Keep one exchange (credentials scrubbed) for the next `save`."""
         secrets = self.secrets
         response_headers = {
             k: v for k, v in _headers_dict(response.headers).items()
-            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            if k.lower() not in _BODY_FRAMING
         }
         response_headers[LATENCY_HEADER] = [f"{latency_ms:.1f}"]
         self._recorded.append({

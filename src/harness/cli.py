@@ -1,4 +1,4 @@
-"""`python -m harness`: replay, compare, diff, providers, and the servers for local work.
+"""`python -m harness`: replay, compare, diff, report, providers, inspect, import, servers.
 
 Bad input ends in one line on stderr (`harness: error: ...`) and exit code 2, never a
 traceback; `diff` exits 1 when the runs differ.
@@ -18,6 +18,7 @@ from rich.table import Table
 from . import compare, results
 from .cassettes import RECORD_MODES, CassetteError, MissingRecording
 from .datasets import DatasetError, load_dataset
+from .foreign import add_commands as add_foreign_commands
 from .providers import PRESETS, Provider, ProviderConfigError, load_providers_file, resolve
 from .replay import HISTORY_MODES, replay
 
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)
+
+    add_foreign_commands(sub)  # inspect, import
 
     p = sub.add_parser("serve-local", help="run a real small model (llama.cpp) on 127.0.0.1")
     p.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2",

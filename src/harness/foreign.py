@@ -65,9 +65,6 @@ COLUMNS: dict[str, str] = {  # inspect_cassettes: column -> dtype
     "total_tokens": "Int64", "cached_tokens": "Int64", "text": "string", "tool_calls": "string",
     "response_model": "string", "error": "string",
 }
-SHOWN = ("file", "index", "method", "provider", "protocol", "model", "streamed", "status",
-         "finish_reason", "raw_finish_reason", "input_tokens", "output_tokens", "total_tokens",
-         "cached_tokens", "text", "tool_calls", "error")
 
 # --- where a request went ---------------------------------------------------------------------
 
@@ -414,7 +411,9 @@ def parse_reply(protocol: str, interaction: Interaction) -> Reply:
 
 
 def cassette_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The files named, folders expanded to the .yaml/.yml/.json files under them (sorted)."""
+    """The files named, folders expanded to the .yaml/.yml/.json files under them (sorted).
+
+    Every file found must be a cassette: reading one that is not raises CassetteError."""
     if isinstance(paths, str | Path):
         paths = [paths]
     out: list[Path] = []
@@ -833,17 +832,45 @@ def save_table(frame: pd.DataFrame, path: str | Path) -> Path:
     return results.save(frame, path)
 
 
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """An `inspect_cassettes` table narrowed for a terminal: one `reply` cell holds the text,
+    else the tool calls, else the error; `finish` names the provider's own reason if it differs."""
+    rows = []
+    for r in frame.to_dict("records"):
+        r = {k: cell for k, cell in ((k, None if v is pd.NA else v) for k, v in r.items())}
+        finish = r["finish_reason"]
+        if finish and r["raw_finish_reason"] and r["raw_finish_reason"] != finish:
+            finish = f"{finish} ({r['raw_finish_reason']})"
+        if r["protocol"] is None and r["method"] is not None:
+            reply = f"({r['method']} {r['path']}: no chat call)"
+        elif r["error"]:
+            reply = r["error"]
+        elif r["text"]:
+            reply = r["text"]
+        else:
+            reply = f"-> {r['tool_calls']}" if r["tool_calls"] else ""
+        rows.append({"cassette": Path(r["file"]).name, "#": r["index"], "provider": r["provider"],
+                     "model": r["model"], "stream": "yes" if r["streamed"] else "",
+                     "status": r["status"], "finish": finish, "in": r["input_tokens"],
+                     "out": r["output_tokens"], "cached": r["cached_tokens"], "reply": reply})
+    columns = ["cassette", "#", "provider", "model", "stream", "status", "finish", "in", "out",
+               "cached", "reply"]
+    out = pd.DataFrame(rows, columns=columns)
+    for column in ("#", "status", "in", "out", "cached"):
+        out[column] = pd.array(list(out[column]), dtype="Int64")
+    return out
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .cli import _console, print_frame
 
-    frame = inspect_cassettes(args.cassettes)
     if args.out:
         _check_suffix(args.out, "table")
-    shown = frame[list(SHOWN)].copy()
-    shown["file"] = [Path(f).name for f in shown["file"]]
+    frame = inspect_cassettes(args.cassettes)
     console = _console()
     files = frame["file"].nunique()
-    print_frame(shown, f"{len(frame)} interactions in {files} cassette{'s' * (files != 1)}",
+    print_frame(display_frame(frame),
+                f"{len(frame)} interactions in {files} cassette{'s' * (files != 1)}",
                 console, max_chars=args.max_chars)
     if args.out:
         console.print(f"wrote {save_table(frame, args.out)}", highlight=False, markup=False,
