@@ -11,6 +11,7 @@ import os
 import socket
 
 import httpx
+import pandas as pd
 import pytest
 
 from harness import local
@@ -205,3 +206,56 @@ def test_stop_ends_the_child_cleanly(smollm2):
     assert process.returncode == 0 and server.process is None
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/health", timeout=2)
+
+
+# --- the round trip: record live, replay offline ----------------------------------------------
+
+
+@pytest.mark.live
+def test_live_record_then_offline_replay_is_identical(smollm2, gemma3, tmp_path):
+    """Record a small dataset against both real models, then replay it with no server at all."""
+    from harness import from_records, replay
+    from harness.replay import RetryPolicy
+
+    dataset = from_records([
+        {"id": "colors", "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "Name three primary colors."},
+            {"role": "user", "content": "Which of them is the warmest?"}]},
+        {"id": "capital", "messages": [
+            {"role": "user", "content": "What is the capital of Italy?"},
+            {"role": "assistant", "content": "Rome."},
+            {"role": "user", "content": "Name a famous fountain there."}]},
+    ], name="live")
+    providers = [server.provider().model_copy(update={"params": {
+        **server.provider().params, "max_tokens": 24}}) for server in (smollm2, gemma3)]
+    recorded = replay(dataset, providers, record_mode="all", cassette_dir=tmp_path,
+                      concurrency=1, progress=False, retry=RetryPolicy(attempts=1))
+    assert (recorded["status"] == "ok").all(), recorded["error"].tolist()
+    assert set(recorded["model"]) == {smollm2.alias, gemma3.alias}
+    gemma_rows = recorded[recorded["provider"] == "local-gemma3"]
+    assert (gemma_rows["finish_reason"] == "length").all()
+    assert recorded["output_tokens"].gt(0).all()
+
+    offline_providers = [p.model_copy(update={"base_url": "http://127.0.0.1:9/v1"})
+                         for p in providers]  # nothing listens there: only the cassettes answer
+    offline = replay(dataset, offline_providers, cassette_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(recorded, offline)
+
+
+@pytest.mark.live
+def test_live_rerun_reproduces_the_recorded_replies(smollm2, tmp_path):
+    """temperature 0, seed 42 and cache_prompt false: a second live run gives the same text."""
+    from harness import from_records, replay
+
+    dataset = from_records([{"id": "story", "messages": [
+        {"role": "user", "content": "Tell me a two-sentence story about a cat."},
+        {"role": "user", "content": "Now give it a title."}]}], name="rerun")
+    provider = smollm2.provider().model_copy(update={"params": {
+        **smollm2.provider().params, "max_tokens": 32}})
+    first = replay(dataset, [provider], history="self", record_mode="all",
+                   cassette_dir=tmp_path / "a", progress=False)
+    second = replay(dataset, [provider], history="self", record_mode="all",
+                    cassette_dir=tmp_path / "b", progress=False)
+    columns = ["response", "finish_reason", "input_tokens", "output_tokens"]
+    pd.testing.assert_frame_equal(first[columns], second[columns])

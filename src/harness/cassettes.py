@@ -17,14 +17,17 @@ instead of vcrpy's scan; the k-th identical request gets the k-th recording.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
 import zlib
 from collections import defaultdict, deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,16 +93,44 @@ class Interaction:
 
     def latency_ms(self) -> float | None:
         """The latency harness recorded for this exchange, or None (vcrpy records none)."""
-        value = self.header(LATENCY_HEADER)
-        return float(value) if value else None
+        value = float(self.header(LATENCY_HEADER) or "nan")
+        return None if math.isnan(value) else value
 
 
 def _header(headers: dict[str, list[str]], name: str) -> str | None:
     name = name.lower()
+    if name not in map(str.lower, headers):  # the usual answer, found without a Python loop
+        return None
     for key, values in headers.items():
         if key.lower() == name:
             return values[0] if isinstance(values, list) and values else values
     return None
+
+
+class RecordedHeaders(Mapping[str, str]):
+    """A recording's response headers as `httpx.Headers`, built only when first read.
+
+    Adapters rarely read headers, and building them for every replayed turn cost more than
+    parsing the body.
+    """
+
+    def __init__(self, interaction: Interaction):
+        self._interaction = interaction
+        self._headers: httpx.Headers | None = None
+
+    def _get(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = httpx.Headers(self._interaction.replay_headers())
+        return self._headers
+
+    def __getitem__(self, name: str) -> str:
+        return self._get()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -251,8 +282,12 @@ def _safe_name(name: str) -> str:
 def cassette_path(root: str | Path, dataset: str, provider: str, conversation: str,
                   serializer: str = "yaml") -> Path:
     """Where one conversation's recordings for one provider live."""
-    folder = Path(root) / _safe_name(dataset) / _safe_name(provider)
-    return folder / f"{_safe_name(conversation)}.{serializer}"
+    return _folder(root, dataset, provider) / f"{_safe_name(conversation)}.{serializer}"
+
+
+@functools.lru_cache(maxsize=256)
+def _folder(root: str | Path, dataset: str, provider: str) -> Path:
+    return Path(root) / _safe_name(dataset) / _safe_name(provider)
 
 
 def _headers_dict(headers: httpx.Headers) -> dict[str, list[str]]:

@@ -184,7 +184,7 @@ class _Parser(argparse.ArgumentParser):
 def cmd_serve_local(args: argparse.Namespace) -> int:
     from .local import serve
 
-    return serve(args.model, args.port, args.threads, args.ctx_size)
+    return serve(args.model, args.port, args.threads, args.ctx_size, parallel=args.parallel)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smollm2: SmolLM2-135M-Instruct (chat); gemma3: Gemma 3 270M (base)")
     p.add_argument("--port", type=int, help="default: the port of the local-MODEL preset")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--ctx-size", type=int, default=4096)
+    p.add_argument("--ctx-size", type=int, default=4096, help="context tokens per slot")
+    p.add_argument("--parallel", type=int, default=1, help="request slots served at once")
     p.set_defaults(func=cmd_serve_local)
 
     p = sub.add_parser("serve-stub", help="run the deterministic stub server on 127.0.0.1")

@@ -142,7 +142,7 @@ def _check_port_free(port: int) -> None:
 
 
 def _start_xllamacpp(model: str, gguf: Path, port: int, threads: int, ctx_size: int,
-                     cache_prompt: bool) -> Any:
+                     cache_prompt: bool, parallel: int = 1) -> Any:
     """Start llama.cpp's HTTP server in this process; it listens once the model is loaded."""
     try:
         import xllamacpp
@@ -155,8 +155,9 @@ def _start_xllamacpp(model: str, gguf: Path, port: int, threads: int, ctx_size: 
     params.model_alias = {_model(model).alias}
     params.hostnames = [HOST]
     params.port = port  # 0: the OS picks a free port, read back from listening_address
-    params.n_ctx = ctx_size
-    params.n_parallel = 1  # one slot: requests queue, and no batch mixing changes the numbers
+    # one slot by default: requests queue, and no batch mixing changes the numbers
+    params.n_parallel = parallel
+    params.n_ctx = ctx_size * parallel  # llama.cpp splits the context between the slots
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     # Off by default: with the prompt cache on, `cached_tokens` (OpenAI) and `input_tokens` /
@@ -180,7 +181,7 @@ def _set_on_eof(fd: int, event: threading.Event) -> None:
 
 
 def serve(model: str = "smollm2", port: int | None = None, threads: int = 1,
-          ctx_size: int = DEFAULT_CTX_SIZE, *, cache_prompt: bool = False,
+          ctx_size: int = DEFAULT_CTX_SIZE, *, cache_prompt: bool = False, parallel: int = 1,
           gguf: str | Path | None = None, stop_on_stdin_eof: bool = False) -> int:
     """Run a local model's server in the foreground until Ctrl-C or SIGTERM.
 
@@ -191,7 +192,7 @@ def serve(model: str = "smollm2", port: int | None = None, threads: int = 1,
     try:
         path = Path(gguf) if gguf else model_path(model)
         port = _model(model).default_port if port is None else port
-        server = _start_xllamacpp(model, path, port, threads, ctx_size, cache_prompt)
+        server = _start_xllamacpp(model, path, port, threads, ctx_size, cache_prompt, parallel)
     except LocalModelError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -228,9 +229,9 @@ class LocalServer:
 
     def __init__(self, model: str = "smollm2", port: int = 0, threads: int = 1,
                  ctx_size: int = DEFAULT_CTX_SIZE, *, cache_prompt: bool = False,
-                 startup_timeout: float = 120.0):
+                 parallel: int = 1, startup_timeout: float = 120.0):
         self.model, self.threads, self.ctx_size = _model(model).name, threads, ctx_size
-        self.cache_prompt = cache_prompt
+        self.cache_prompt, self.parallel = cache_prompt, parallel
         self.requested_port = port
         self.startup_timeout = startup_timeout
         self.port: int | None = None
@@ -276,7 +277,8 @@ class LocalServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "harness.local", "--model", self.model,
              "--port", str(self.requested_port), "--threads", str(self.threads),
-             "--ctx-size", str(self.ctx_size), "--gguf", str(gguf), "--stop-on-stdin-eof",
+             "--ctx-size", str(self.ctx_size), "--parallel", str(self.parallel),
+             "--gguf", str(gguf), "--stop-on-stdin-eof",
              *(["--cache-prompt"] if self.cache_prompt else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )
@@ -364,11 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-prompt", action="store_true",
                         help="reuse the KV cache across requests (faster multi-turn, but the "
                              "reported cached/input token counts then depend on request order)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="request slots served at once (each gets --ctx-size tokens)")
     parser.add_argument("--gguf", help=argparse.SUPPRESS)
     parser.add_argument("--stop-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return serve(args.model, args.port, args.threads, args.ctx_size, cache_prompt=args.cache_prompt,
-                 gguf=args.gguf, stop_on_stdin_eof=args.stop_on_stdin_eof)
+                 parallel=args.parallel, gguf=args.gguf, stop_on_stdin_eof=args.stop_on_stdin_eof)
 
 
 if __name__ == "__main__":

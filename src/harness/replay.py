@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import math
 import random
 import threading
 import time
@@ -24,7 +23,7 @@ import httpx
 import pandas as pd
 
 from . import results as results_mod
-from .cassettes import Cassette, MissingRecording, RecordMode, cassette_path
+from .cassettes import Cassette, MissingRecording, RecordedHeaders, RecordMode, cassette_path
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import PRESETS, Provider, ProviderConfigError
@@ -91,7 +90,7 @@ class _RateLimiter:
 class _Exchange:
     """What one logical call produced after its retries."""
 
-    response: httpx.Response | None = None
+    status: int | None = None
     reply: Reply | None = None
     latency_ms: float | None = None
     attempts: int = 0
@@ -113,11 +112,25 @@ class Run:
     timeout: float = 120.0
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
+    _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
+    urls: dict[str, str] = field(init=False, repr=False)
+    secrets: dict[str, list[str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # per provider, once: URLs as httpx sends them (so as they were recorded), and the
+        # keys to scrub from what it records
+        self.urls = {p.name: str(httpx.URL(p.url)) for p in self.providers}
+        self.secrets = {p.name: _secrets(p) for p in self.providers}
 
     def cassette_for(self, provider: Provider, conversation: Conversation) -> Path:
-        return cassette_path(
-            self.cassette_dir, self.dataset.name, provider.name, conversation.id, self.serializer
-        )
+        key = (provider.name, conversation.id)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = cassette_path(
+                self.cassette_dir, self.dataset.name, provider.name, conversation.id,
+                self.serializer,
+            )
+        return path
 
 
 def _secrets(provider: Provider) -> list[str]:
@@ -174,29 +187,38 @@ def _prefix(
 
 async def _call(
     client: httpx.AsyncClient, run: Run, provider: Provider, cassette: Cassette,
-    request: httpx.Request, where: str, limiter: _RateLimiter | None,
+    url: str, headers: dict[str, str], content: bytes, where: str, limiter: _RateLimiter | None,
 ) -> _Exchange:
+    """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
+
+    A replayed exchange never becomes an httpx Request or Response: at scale, building
+    them cost more than the rest of the turn.
+    """
     exchange = _Exchange()
+    parse = provider.adapter.parse_response
     for attempt in range(1, run.retry.attempts + 1):
         exchange.attempts = attempt
         response: httpx.Response | None = None
-        played = cassette.play(request)
-        if played is not None:
-            response, latency = played
-            exchange.latency_ms = None if math.isnan(latency) else latency
+        answer: tuple[int, Mapping[str, str], bytes] | None = None
+        hit = cassette.take("POST", url, content)
+        if hit is not None:
+            answer = hit.status, RecordedHeaders(hit), hit.response_body
+            exchange.latency_ms = hit.latency_ms()
         elif cassette.may_record:
             if limiter is not None:
                 await limiter.wait()
+            request = httpx.Request("POST", url, headers=headers, content=content)
             started = time.perf_counter()
             try:
                 response = await client.send(request)
                 await response.aread()
             except httpx.TransportError as exc:
                 exchange.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                exchange.response = exchange.reply = None
+                exchange.status = exchange.reply = None
             else:
                 exchange.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 cassette.record(request, response, exchange.latency_ms)
+                answer = response.status_code, response.headers, response.content
         elif attempt > 1:  # the recording gave up after fewer attempts than this run allows
             exchange.attempts = attempt - 1
             break
@@ -206,20 +228,18 @@ async def _call(
                 f"(record it with --record-mode new_episodes"
                 + (f" and {provider.api_key_env} set)" if provider.api_key_env else ")")
             )
-        if response is not None:
-            exchange.response, exchange.error = response, None
+        if answer is not None:
+            exchange.status, exchange.error = answer[0], None
             try:
-                exchange.reply = provider.adapter.parse_response(
-                    response.status_code, response.headers, response.content
-                )
+                exchange.reply = parse(*answer)
             except ValueError as exc:
                 exchange.reply, exchange.error = None, str(exc)
-            retriable = response.status_code in RETRY_STATUSES or exchange.reply is None
+            retriable = exchange.status in RETRY_STATUSES or exchange.reply is None
         else:
             retriable = True
         if not retriable or attempt == run.retry.attempts:
             break
-        if played is None:  # a replayed retry need not wait: the recording already did
+        if hit is None:  # a replayed retry need not wait: the recording already did
             await asyncio.sleep(run.retry.wait(attempt, response))
     return exchange
 
@@ -233,9 +253,10 @@ async def _replay_conversation(
     async def one_provider(provider: Provider) -> None:
         done = run.done.get((conversation.id, provider.name), {})
         cassette = Cassette.open(run.cassette_for(provider, conversation), run.record_mode,
-                                 _secrets(provider), keep=bool(done))
+                                 run.secrets[provider.name], keep=bool(done))
         own: dict[int, Reply] = {}
         headers = provider.request_headers(provider.api_key())
+        url = run.urls[provider.name]
         try:
             for turn in turns:
                 if turn.turn in done:  # resumed: finished before, not sent again
@@ -260,14 +281,11 @@ async def _replay_conversation(
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
                     continue
-                request = httpx.Request(
-                    "POST", provider.url, headers=headers,
-                    content=json.dumps(body, ensure_ascii=False).encode("utf-8"),
-                )
+                content = json.dumps(body, ensure_ascii=False).encode("utf-8")
                 where = (f"conversation {conversation.id!r} turn {turn.turn} "
                          f"provider {provider.name!r}")
-                exchange = await _call(client, run, provider, cassette, request, where,
-                                       limiters.get(provider.name))
+                exchange = await _call(client, run, provider, cassette, url, headers, content,
+                                       where, limiters.get(provider.name))
                 result = _row(exchange, row, provider)
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
@@ -281,7 +299,7 @@ async def _replay_conversation(
 
 
 def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
-    http_status = exchange.response.status_code if exchange.response is not None else None
+    http_status = exchange.status
     if exchange.reply is not None:
         result = TurnResult.from_reply(exchange.reply, **row)
         result.model = result.model or provider.model

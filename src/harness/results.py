@@ -88,7 +88,7 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
 
     `order` lists conversation ids in dataset order; without it rows sort by id.
     """
-    records = [asdict(r) if isinstance(r, TurnResult) else r for r in rows]
+    records = [vars(r) if isinstance(r, TurnResult) else r for r in rows]  # flat: no asdict copy
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     frame = normalize(frame)
     if order is not None:
@@ -107,15 +107,29 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
     frame = frame[list(COLUMNS)].copy()
     for column, dtype in DTYPES.items():
-        values = [_none_if_nan(v) for v in frame[column]]
-        if dtype == "Int64":
-            values = [None if v is None else int(v) for v in values]
-        elif dtype == "Float64":
-            values = [None if v is None else float(v) for v in values]
-        else:
-            values = [None if v is None else str(v) for v in values]
-        frame[column] = pd.array(values, dtype=dtype)
+        frame[column] = _as_dtype(frame[column], dtype)
     return frame
+
+
+_NUMBERS = frozenset({"integer", "floating", "mixed-integer-float", "empty"})
+
+
+def _as_dtype(values: pd.Series, dtype: str):
+    """A column on `dtype`: whole-column when its values already fit, else value by value."""
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in (("string", "empty") if dtype == "string" else _NUMBERS):
+        try:
+            return pd.array(values, dtype=dtype)
+        except (TypeError, ValueError):  # 3.7 in an Int64 column: int() truncates it below
+            pass
+    cleaned = [_none_if_nan(v) for v in values]
+    if dtype == "Int64":
+        cleaned = [None if v is None else int(v) for v in cleaned]
+    elif dtype == "Float64":
+        cleaned = [None if v is None else float(v) for v in cleaned]
+    else:
+        cleaned = [None if v is None else str(v) for v in cleaned]
+    return pd.array(cleaned, dtype=dtype)
 
 
 def _none_if_nan(value):
