@@ -183,3 +183,19 @@ def test_keys_echoed_in_query_strings_and_bodies_are_scrubbed(tmp_path):
     assert "session=1" not in text and "id=2" not in text
     (interaction,) = read_cassette(tmp_path / "c.yaml")
     assert "alt=json" in interaction.uri
+
+
+def test_json_cassettes_round_trip_and_load_in_vcrpy(stub, small_dataset, tmp_path):
+    from vcr.persisters.filesystem import FilesystemPersister
+    from vcr.serializers import jsonserializer
+
+    providers = stub_providers(stub.base_url)[:2]
+    recorded = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path,
+                      serializer="json", progress=False)
+    files = sorted(tmp_path.rglob("*.json"))
+    assert len(files) == 6 and not list(tmp_path.rglob("*.yaml"))
+    requests, responses = FilesystemPersister.load_cassette(files[0], jsonserializer)
+    assert len(requests) == len(responses) >= 1
+    offline = replay(small_dataset, providers, cassette_dir=tmp_path, serializer="json",
+                     progress=False)
+    pd.testing.assert_frame_equal(recorded, offline)

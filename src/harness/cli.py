@@ -108,8 +108,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
     frame = replay(
         dataset, providers, history=args.history, record_mode=args.record_mode,
-        cassette_dir=args.cassettes, params=params, concurrency=args.concurrency,
-        progress=not args.no_progress, journal=journal,
+        cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
+        concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
     )
     print_report(frame, console)
     if args.out:
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", choices=HISTORY_MODES, default="auto",
                    help="earlier assistant turns: the dataset's (reference), the provider's "
                         "own (self), or the dataset's where it has them (auto, default)")
+    p.add_argument("--cassette-format", choices=("yaml", "json"), default="yaml",
+                   help="cassette files as vcrpy YAML (default) or vcrpy JSON (faster at scale)")
     p.add_argument("--answers", metavar="FILE", help="FastChat answer file for MT-Bench questions")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N conversations")
     p.add_argument("--max-tokens", type=int, metavar="N")
