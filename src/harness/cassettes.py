@@ -10,7 +10,7 @@ atomic (a conversation's file is written with temp file + rename when it complet
 concurrent conversations record without sharing a file.
 
 Requests match on method, host, path and the canonical JSON body (sorted keys), never on
-headers. Lookups go through a dict built once per file, so replay is O(1) per request
+headers. Lookups go through dicts built once per file, so replay is O(1) per request
 instead of vcrpy's scan; the k-th identical request gets the k-th recording.
 """
 
@@ -98,13 +98,12 @@ class Interaction:
 
 
 def _header(headers: dict[str, list[str]], name: str) -> str | None:
-    name = name.lower()
-    if name not in map(str.lower, headers):  # the usual answer, found without a Python loop
+    try:  # the first match; map and index loop in C, and this runs for every replayed turn
+        at = list(map(str.lower, headers)).index(name.lower())
+    except ValueError:
         return None
-    for key, values in headers.items():
-        if key.lower() == name:
-            return values[0] if isinstance(values, list) and values else values
-    return None
+    values = list(headers.values())[at]
+    return values[0] if isinstance(values, list) and values else values
 
 
 class RecordedHeaders(Mapping[str, str]):
@@ -199,15 +198,16 @@ def read_cassette(path: str | Path) -> list[Interaction]:
     Reads what vcrpy and pytest-recording write, gzip and base64 bodies included, and
     pydantic-ai's `parsed_body` variant.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # Path(a Path) costs at scale
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
+    try:  # libyaml reads the UTF-8 bytes faster than a str it has to encode again
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(raw, Loader=_Loader)
     except (yaml.YAMLError, ValueError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -225,23 +225,29 @@ def read_cassette(path: str | Path) -> list[Interaction]:
 # --- matching -------------------------------------------------------------------------------
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps's, made once
+
+
 def canonical_body(body: bytes) -> bytes:
     """JSON bodies with sorted keys and no whitespace; anything else as it is."""
     try:
-        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        return _CANONICAL.encode(json.loads(body)).encode()
     except ValueError:
         return body
 
 
 def request_key(method: str, url: str, body: bytes) -> bytes:
     """What a request is matched on: method, host, path and canonical body (never headers)."""
-    parts = urlsplit(url)
-    h = hashlib.blake2b(digest_size=16)
-    for piece in (method.upper().encode(), (parts.hostname or "").encode(), parts.path.encode()):
-        h.update(piece)
-        h.update(b"\0")
+    h = hashlib.blake2b(_where(method, url), digest_size=16)
     h.update(canonical_body(body))
     return h.digest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _where(method: str, url: str) -> bytes:
+    parts = urlsplit(url)
+    pieces = (method.upper(), parts.hostname or "", parts.path)
+    return b"".join(piece.encode() + b"\0" for piece in pieces)
 
 
 # --- scrubbing ------------------------------------------------------------------------------
@@ -312,8 +318,11 @@ class Cassette:
     mode: RecordMode = "none"
     secrets: list[str] = field(default_factory=list)
     existed: bool = False
-    _index: dict[bytes, deque[Interaction]] = field(default_factory=dict)
-    _keys: dict[tuple[str, str, bytes], bytes] = field(default_factory=dict)
+    _recordings: list[Interaction] = field(default_factory=list)
+    _played: set[int] = field(default_factory=set)
+    _first_unplayed: int = 0
+    _by_bytes: dict[tuple[str, str, bytes], deque[int]] = field(default_factory=dict)
+    _by_key: dict[bytes, deque[int]] | None = None
     _recorded: list[dict] = field(default_factory=list)
     _kept: list[dict] = field(default_factory=list)
 
@@ -321,36 +330,53 @@ class Cassette:
     def open(cls, path: str | Path, mode: RecordMode = "none",
              secrets: list[str] | None = None, keep: bool = False) -> Cassette:
         """Open for `mode`; `keep` (a resumed run) keeps what an unfinished run recorded."""
-        path = Path(path)
+        path = path if isinstance(path, Path) else Path(path)
         cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
         exists = path.exists()
         cassette.existed = exists and not keep
         if exists and mode != "all":
-            for interaction in read_cassette(path):
-                key = cassette._key(interaction.method, interaction.uri, interaction.request_body)
-                cassette._index.setdefault(key, deque()).append(interaction)
+            cassette._recordings = read_cassette(path)
+            for i, hit in enumerate(cassette._recordings):
+                raw = (hit.method, hit.uri, hit.request_body)
+                cassette._by_bytes.setdefault(raw, deque()).append(i)
         if exists and (mode == "new_episodes" or keep):
             cassette._kept = _raw_interactions(path)
         return cassette
-
-    def _key(self, method: str, url: str, body: bytes) -> bytes:
-        """`request_key`, remembered: replay mostly sends the very bytes that were recorded."""
-        raw = (method, url, body)
-        key = self._keys.get(raw)
-        if key is None:
-            key = self._keys[raw] = request_key(method, url, body)
-        return key
 
     @property
     def may_record(self) -> bool:
         return self.mode in ("all", "new_episodes") or (self.mode == "once" and not self.existed)
 
     def take(self, method: str, url: str, body: bytes) -> Interaction | None:
-        """The next recording of this request, used up; None when there is none left."""
+        """The next recording of this request, used up; None when there is none left.
+
+        The rule: the first unplayed recording whose method, host, path and JSON body match.
+        A replay usually asks in recorded order for the very bytes recorded; when the first
+        unplayed recording is byte for byte this request, it is the answer, with no JSON
+        parsed. Anything else goes through the index of canonical keys, built on first need.
+        """
         if self.mode == "all":
             return None
-        queue = self._index.get(self._key(method, url, body))
-        return queue.popleft() if queue else None
+        same = self._by_bytes.get((method, url, body))
+        while same and same[0] in self._played:
+            same.popleft()
+        while self._first_unplayed in self._played:
+            self._first_unplayed += 1
+        if same and same[0] == self._first_unplayed:
+            return self._use(same.popleft())
+        if self._by_key is None:
+            self._by_key = {}
+            for i, hit in enumerate(self._recordings):
+                key = request_key(hit.method, hit.uri, hit.request_body)
+                self._by_key.setdefault(key, deque()).append(i)
+        queue = self._by_key.get(request_key(method, url, body))
+        while queue and queue[0] in self._played:
+            queue.popleft()
+        return self._use(queue.popleft()) if queue else None
+
+    def _use(self, i: int) -> Interaction:
+        self._played.add(i)
+        return self._recordings[i]
 
     def play(self, request: httpx.Request) -> tuple[httpx.Response, float] | None:
         """The next recording of this request with its recorded latency, or None."""

@@ -115,12 +115,14 @@ class Run:
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
+    parsers: dict[str, Callable[..., Reply]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # per provider, once: URLs as httpx sends them (so as they were recorded), and the
-        # keys to scrub from what it records
+        # per provider, once rather than per turn: its URL as httpx sends it (so as it was
+        # recorded), the keys to scrub from what it records, its adapter's parse_response
         self.urls = {p.name: str(httpx.URL(p.url)) for p in self.providers}
         self.secrets = {p.name: _secrets(p) for p in self.providers}
+        self.parsers = {p.name: p.adapter.parse_response for p in self.providers}
 
     def cassette_for(self, provider: Provider, conversation: Conversation) -> Path:
         key = (provider.name, conversation.id)
@@ -195,7 +197,7 @@ async def _call(
     them cost more than the rest of the turn.
     """
     exchange = _Exchange()
-    parse = provider.adapter.parse_response
+    parse = run.parsers[provider.name]
     for attempt in range(1, run.retry.attempts + 1):
         exchange.attempts = attempt
         response: httpx.Response | None = None
@@ -295,7 +297,10 @@ async def _replay_conversation(
         finally:
             cassette.save()
 
-    await asyncio.gather(*(one_provider(p) for p in run.providers))
+    if len(run.providers) == 1:  # the usual case needs no task per conversation
+        await one_provider(run.providers[0])
+    else:
+        await asyncio.gather(*(one_provider(p) for p in run.providers))
 
 
 def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
@@ -363,15 +368,15 @@ async def replay_async(
         if on_row is not None:
             on_row(result)
 
-    semaphore = asyncio.Semaphore(max(1, concurrency))
     limits = httpx.Limits(max_connections=max(1, concurrency) * len(run.providers))
+    queue = iter(dataset.conversations)  # `concurrency` workers, each taking the next one
 
-    async def guarded(conversation: Conversation) -> None:
-        async with semaphore:
+    async def worker() -> None:
+        for conversation in queue:
             await _replay_conversation(client, run, conversation, limiters, emit)
 
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        tasks = [asyncio.ensure_future(guarded(c)) for c in dataset.conversations]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
         try:
             await asyncio.gather(*tasks)
         except BaseException:

@@ -10,6 +10,7 @@ and a `PATH` appended to the provider's base URL. Nothing else knows a provider'
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import tomllib
@@ -32,6 +33,7 @@ class ProviderConfigError(ValueError):
     """A provider that cannot be used as configured (unknown name, bad TOML, missing key)."""
 
 
+@functools.cache
 def protocol_module(protocol: str) -> ModuleType:
     """The adapter module of a wire protocol."""
     if protocol not in PROTOCOLS:

@@ -1,0 +1,136 @@
+"""Replay at scale is correct: thousands of recordings, each turn gets its own, in order.
+
+(How fast is for bench/replay_scale.py: no test here looks at the clock.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from harness import replay
+from harness.cassettes import Cassette, cassette_path, read_cassette, write_cassette
+from harness.datasets import conversation_turns, from_records
+from harness.messages import AssistantMessage
+from harness.providers import Provider
+
+PROVIDER = Provider(name="scale-openai", protocol="openai", base_url="https://api.example.test/v1",
+                    model="gpt-scale", params={"max_tokens": 64})
+QUESTIONS = ["What is a prime number?", "Name one.", "And the next one?", "Why does that matter?"]
+
+
+def reply_text(conversation_id: str, turn: int) -> str:
+    return f"Answer to turn {turn} of {conversation_id}."
+
+
+def completion(conversation_id: str, turn: int, status: int = 200) -> dict:
+    """A recorded exchange's response part, as `Cassette.record` writes it."""
+    if status != 200:
+        body = {"error": {"message": "slow down", "type": "rate_limit"}}
+    else:
+        body = {"id": f"chatcmpl-{conversation_id}-{turn}", "object": "chat.completion",
+                "model": "gpt-scale", "choices": [{
+                    "index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": reply_text(conversation_id, turn)}}],
+                "usage": {"prompt_tokens": 10 * turn, "completion_tokens": turn,
+                          "total_tokens": 11 * turn}}
+    return {"body": {"string": json.dumps(body, indent=2)},
+            "headers": {"content-type": ["application/json"], "x-harness-latency-ms": ["12.5"]},
+            "status": {"code": status, "message": "OK" if status == 200 else "Too Many Requests"}}
+
+
+def exchange(body: dict, response: dict) -> dict:
+    content = json.dumps(body, ensure_ascii=False)  # what replay.py sends
+    return {"request": {"body": content, "method": "POST", "uri": PROVIDER.url,
+                        "headers": {"content-type": ["application/json"]}},
+            "response": response}
+
+
+def generated(tmp_path, conversations: int, serializer: str):
+    """`conversations` dialogues of 4 user turns, MT-Bench style (no dataset replies, so each
+    prompt holds the provider's own earlier replies), all with the same questions: only the
+    conversation id tells their recordings apart. Recorded straight into harness's layout."""
+    dataset = from_records([{"id": f"conv-{n:04d}", "messages": [
+        {"role": "user", "content": q} for q in QUESTIONS]} for n in range(conversations)],
+        name="scale")
+    for conversation in dataset.conversations:
+        interactions, history = [], []
+        for turn in conversation_turns(conversation):
+            prefix = [*history, turn.prefix[-1]]
+            body = PROVIDER.build_body(prefix, {})
+            interactions.append(exchange(body, completion(conversation.id, turn.turn)))
+            history = [*prefix, AssistantMessage(content=reply_text(conversation.id, turn.turn))]
+        write_cassette(cassette_path(tmp_path, dataset.name, PROVIDER.name, conversation.id,
+                                     serializer), interactions)
+    return dataset
+
+
+@pytest.mark.parametrize("serializer,conversations", [("yaml", 500), ("json", 500)])
+def test_2k_generated_turns_replay_each_with_its_own_recording(tmp_path, serializer,
+                                                                conversations):
+    dataset = generated(tmp_path, conversations, serializer)
+    frame = replay(dataset, [PROVIDER], record_mode="none", cassette_dir=tmp_path,
+                   serializer=serializer, progress=False)
+
+    assert len(frame) == 4 * conversations == 2000
+    assert (frame["status"] == "ok").all(), frame["error"].dropna().head().tolist()
+    expected = [(f"conv-{n:04d}", t) for n in range(conversations) for t in range(1, 5)]
+    assert list(zip(frame["conversation_id"], frame["turn"], strict=True)) == expected
+    assert frame["response"].tolist() == [reply_text(c, t) for c, t in expected]
+    assert frame["response_id"].tolist() == [f"chatcmpl-{c}-{t}" for c, t in expected]
+    assert frame["input_tokens"].tolist() == [10 * t for _, t in expected]
+    assert (frame["http_status"] == 200).all() and (frame["latency_ms"] == 12.5).all()
+    assert (frame["attempts"] == 1).all()
+
+
+def test_identical_requests_get_their_recordings_in_order(tmp_path):
+    path = tmp_path / "same.yaml"
+    same, other = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, {"x": 1}
+    write_cassette(path, [exchange(same, completion("same", 1)),
+                          exchange(other, completion("other", 1)),
+                          exchange(same, completion("same", 2)),
+                          exchange(same, completion("same", 3))])
+    cassette = Cassette.open(path)
+
+    def ask(body: bytes) -> str | None:
+        played = cassette.play(httpx.Request("POST", PROVIDER.url, content=body))
+        return None if played is None else played[0].json()["id"]
+
+    compact = json.dumps(same).encode()
+    reordered = b'{ "messages": [{"content": "hi", "role": "user"}], "model": "m" }'
+    # the k-th identical request (as JSON: key order and spacing aside) gets the k-th recording
+    assert ask(compact) == "chatcmpl-same-1"
+    assert ask(reordered) == "chatcmpl-same-2"
+    assert ask(compact) == "chatcmpl-same-3"
+    assert ask(compact) is None  # used up: never replayed twice
+    assert ask(json.dumps(other).encode()) == "chatcmpl-other-1"
+
+
+def test_a_byte_identical_recording_does_not_jump_an_earlier_equal_one(tmp_path):
+    path = tmp_path / "spelled.json"
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    spaced = exchange(body, completion("spaced", 1))
+    spaced["request"]["body"] = json.dumps(body, indent=4)  # the same JSON, spelled otherwise
+    write_cassette(path, [spaced, exchange(body, completion("compact", 1))])
+    cassette = Cassette.open(path)
+    sent = json.dumps(body, ensure_ascii=False).encode()  # byte for byte the second recording
+    answers = [cassette.take("POST", PROVIDER.url, sent) for _ in range(3)]
+    assert [json.loads(a.response_body)["id"] for a in answers[:2]] == [
+        "chatcmpl-spaced-1", "chatcmpl-compact-1"]
+    assert answers[2] is None
+
+
+def test_a_recorded_retry_replays_before_the_answer_that_followed_it(tmp_path):
+    dataset = from_records([{"id": "c", "messages": [{"role": "user", "content": "hi"}]}],
+                           name="retry")
+    body = PROVIDER.build_body(list(conversation_turns(dataset.conversations[0])[0].prefix), {})
+    path = cassette_path(tmp_path, "retry", PROVIDER.name, "c", "json")
+    write_cassette(path, [exchange(body, completion("c", 1, status=429)),
+                          exchange(body, completion("c", 1))])
+    frame = replay(dataset, [PROVIDER], cassette_dir=tmp_path, serializer="json", progress=False)
+    row = frame.iloc[0]
+    assert (row["status"], row["http_status"], row["attempts"]) == ("ok", 200, 2)
+    assert row["response"] == reply_text("c", 1)
+    assert len(read_cassette(path)) == 2  # replay reads, never rewrites
