@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .messages import Reply
+from .messages import Reply, Usage
 
 
 @dataclass
@@ -53,13 +53,7 @@ class TurnResult:
             response=reply.text,
             finish_reason=reply.finish_reason,
             raw_finish_reason=reply.raw_finish_reason,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            total_tokens=usage.total_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            billed_input_tokens=usage.billed_input_tokens,
-            billed_output_tokens=usage.billed_output_tokens,
+            **usage.model_dump(),
             response_id=reply.response_id,
             tool_calls=tool_calls,
             error=reply.error,
@@ -68,10 +62,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
-TOKEN_COLUMNS = (
-    "input_tokens", "output_tokens", "total_tokens", "cached_input_tokens",
-    "reasoning_tokens", "billed_input_tokens", "billed_output_tokens",
-)
+TOKEN_COLUMNS: tuple[str, ...] = tuple(Usage.model_fields)
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
     **{c: "Int64" for c in TOKEN_COLUMNS},
