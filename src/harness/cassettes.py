@@ -163,9 +163,9 @@ def _body_field(part: dict) -> Any:
         return part["parsed_body"]
     body = part.get("body")
     if isinstance(body, dict):
-        body = body.get("string", body.get("base64_string"))
-        if isinstance(part.get("body"), dict) and "base64_string" in part["body"]:
-            body = base64.b64decode(body)
+        if "base64_string" in body:
+            return base64.b64decode(body["base64_string"])
+        return body.get("string")
     return body
 
 
@@ -199,6 +199,15 @@ def read_cassette(path: str | Path) -> list[Interaction]:
     pydantic-ai's `parsed_body` variant.
     """
     path = path if isinstance(path, Path) else Path(path)  # Path(a Path) costs at scale
+    return _interactions(path, _load_raw(path))
+
+
+def _interactions(path: Path, raws: list[dict]) -> list[Interaction]:
+    return [_interaction(raw, f"{path}: interaction {i}") for i, raw in enumerate(raws)]
+
+
+def _load_raw(path: Path) -> list[dict]:
+    """The `interactions` list of a cassette file as stored, or one CassetteError line."""
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")
@@ -219,7 +228,7 @@ def read_cassette(path: str | Path) -> list[Interaction]:
         raise CassetteError(
             f"{path}: unsupported cassette version {data.get('version')!r} (expected 1)"
         )
-    return [_interaction(raw, f"{path}: interaction {i}") for i, raw in enumerate(data["interactions"])]
+    return data["interactions"]
 
 
 # --- matching -------------------------------------------------------------------------------
@@ -334,13 +343,14 @@ class Cassette:
         cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
         exists = path.exists()
         cassette.existed = exists and not keep
-        if exists and mode != "all":
-            cassette._recordings = read_cassette(path)
+        raws = _load_raw(path) if exists and (mode != "all" or keep) else []
+        if mode != "all":
+            cassette._recordings = _interactions(path, raws)
             for i, hit in enumerate(cassette._recordings):
                 raw = (hit.method, hit.uri, hit.request_body)
                 cassette._by_bytes.setdefault(raw, deque()).append(i)
-        if exists and (mode == "new_episodes" or keep):
-            cassette._kept = _raw_interactions(path)
+        if mode == "new_episodes" or keep:
+            cassette._kept = raws
         return cassette
 
     @property
@@ -421,12 +431,6 @@ class Cassette:
 def _scrub_body(body: bytes, secrets: list[str]) -> str | bytes:
     text = _to_text(body)
     return scrub_text(text, secrets) if isinstance(text, str) else text
-
-
-def _raw_interactions(path: Path) -> list[dict]:
-    if path.suffix == ".json":
-        return json.loads(path.read_text(encoding="utf-8"))["interactions"]
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)["interactions"]
 
 
 def write_cassette(path: Path, interactions: list[dict]) -> None:
