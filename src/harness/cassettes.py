@@ -7,7 +7,9 @@ Layout: one cassette per (dataset, provider, conversation)::
 Each file is a plain vcrpy cassette (`version: 1`, `interactions: [...]`), so vcrpy and
 pytest-recording replay it too. Splitting per conversation keeps recording linear and
 atomic (a conversation's file is written with temp file + rename when it completes) and lets
-concurrent conversations record without sharing a file.
+concurrent conversations record without sharing a file. The YAML is written in flow style
+that is also JSON (see `_yaml_text`), so it is parsed as JSON; block-style YAML, as vcrpy
+writes it, goes through libyaml.
 
 Requests match on method, host, path and the canonical JSON body (sorted keys), never on
 headers. Lookups go through dicts built once per file, so replay is O(1) per request
@@ -34,6 +36,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import orjson
 import yaml
 
 RecordMode = Literal["none", "once", "new_episodes", "all"]
@@ -62,7 +65,7 @@ class MissingRecording(LookupError):
     """Replay asked for a request the cassette does not hold."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Interaction:
     """One recorded request and its response, bodies as raw (decoded) bytes."""
 
@@ -84,7 +87,7 @@ class Interaction:
 
     def header(self, name: str) -> str | None:
         """A response header, case-insensitively (vcrpy keeps the recorder's spelling)."""
-        return _header(self.response_headers, name)
+        return _header(self.response_headers, name.lower())
 
     def replay_headers(self) -> list[tuple[str, str]]:
         """The response headers to replay: the body is stored decoded, so no encoding/length."""
@@ -98,11 +101,10 @@ class Interaction:
 
 
 def _header(headers: dict[str, list[str]], name: str) -> str | None:
-    try:  # the first match; map and index loop in C, and this runs for every replayed turn
-        at = list(map(str.lower, headers)).index(name.lower())
-    except ValueError:
-        return None
-    values = list(headers.values())[at]
+    """The first value of a header; `name` in lower case, as harness and httpx write it."""
+    values = headers.get(name)
+    if values is None:  # recorded by a client that kept the server's spelling
+        values = next((v for k, v in headers.items() if k.lower() == name), None)
     return values[0] if isinstance(values, list) and values else values
 
 
@@ -143,6 +145,14 @@ def _as_bytes(value: Any) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
+def _body(part: dict) -> bytes:
+    """A stored body as bytes; a compressed one decompressed (only binary bodies can be)."""
+    value = _body_field(part)
+    if isinstance(value, bytes):
+        return _decode_body(value, part.get("headers") or {})
+    return _as_bytes(value)
+
+
 def _decode_body(body: bytes, headers: dict[str, list[str]]) -> bytes:
     encoding = (_header(headers, "content-encoding") or "").lower()
     if body[:2] == b"\x1f\x8b" or encoding == "gzip":
@@ -173,17 +183,15 @@ def _interaction(raw: Any, where: str) -> Interaction:
     try:
         request, response = raw["request"], raw["response"]
         status = response.get("status") or {}
-        req_headers = request.get("headers") or {}
-        resp_headers = response.get("headers") or {}
         return Interaction(
             method=str(request["method"]).upper(),
             uri=str(request["uri"]),
-            request_headers=req_headers,
-            request_body=_decode_body(_as_bytes(_body_field(request)), req_headers),
+            request_headers=request.get("headers") or {},
+            request_body=_body(request),
             status=int(status.get("code", 0)),
             reason=str(status.get("message", "")),
-            response_headers=resp_headers,
-            response_body=_decode_body(_as_bytes(_body_field(response)), resp_headers),
+            response_headers=response.get("headers") or {},
+            response_body=_body(response),
         )
     except KeyError as exc:
         raise CassetteError(f"{where}: missing {exc.args[0]!r} (expected a vcrpy request and "
@@ -206,17 +214,22 @@ def _interactions(path: Path, raws: list[dict]) -> list[Interaction]:
     return [_interaction(raw, f"{path}: interaction {i}") for i, raw in enumerate(raws)]
 
 
-def _load_raw(path: Path) -> list[dict]:
-    """The `interactions` list of a cassette file as stored, or one CassetteError line."""
+def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
+    """The `interactions` list of a cassette file as stored, or one CassetteError line.
+
+    With `missing_ok`, None when there is no such file.
+    """
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")
     except OSError as exc:
+        if missing_ok and isinstance(exc, FileNotFoundError):
+            return None
         raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
-    try:  # libyaml reads the UTF-8 bytes faster than a str it has to encode again
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(raw, Loader=_Loader)
+    try:
+        data = _parse(path, raw, text)
     except (yaml.YAMLError, ValueError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -229,6 +242,17 @@ def _load_raw(path: Path) -> list[dict]:
             f"{path}: unsupported cassette version {data.get('version')!r} (expected 1)"
         )
     return data["interactions"]
+
+
+def _parse(path: Path, raw: bytes, text: str) -> Any:
+    if path.suffix == ".json" or raw.lstrip()[:1] == b"{":  # harness's YAML is JSON too
+        try:
+            return orjson.loads(raw)
+        except ValueError:
+            pass
+    if path.suffix == ".json":
+        return json.loads(text)
+    return yaml.load(raw, Loader=_Loader)  # libyaml reads UTF-8 bytes faster than a str
 
 
 # --- matching -------------------------------------------------------------------------------
@@ -287,8 +311,11 @@ def scrub_headers(headers: dict[str, list[str]], secrets: list[str]) -> dict[str
 # --- the store ------------------------------------------------------------------------------
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
 def _safe_name(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+    safe = _UNSAFE_NAME.sub("_", name)[:80]
     if safe != name:
         safe += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return safe
@@ -330,7 +357,6 @@ class Cassette:
     _recordings: list[Interaction] = field(default_factory=list)
     _played: set[int] = field(default_factory=set)
     _first_unplayed: int = 0
-    _by_bytes: dict[tuple[str, str, bytes], deque[int]] = field(default_factory=dict)
     _by_key: dict[bytes, deque[int]] | None = None
     _recorded: list[dict] = field(default_factory=list)
     _kept: list[dict] = field(default_factory=list)
@@ -341,14 +367,11 @@ class Cassette:
         """Open for `mode`; `keep` (a resumed run) keeps what an unfinished run recorded."""
         path = path if isinstance(path, Path) else Path(path)
         cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
-        exists = path.exists()
-        cassette.existed = exists and not keep
-        raws = _load_raw(path) if exists and (mode != "all" or keep) else []
+        raws = _load_raw(path, missing_ok=True) if mode != "all" or keep else None
+        cassette.existed = (raws is not None or path.exists()) and not keep
+        raws = raws or []
         if mode != "all":
             cassette._recordings = _interactions(path, raws)
-            for i, hit in enumerate(cassette._recordings):
-                raw = (hit.method, hit.uri, hit.request_body)
-                cassette._by_bytes.setdefault(raw, deque()).append(i)
         if mode == "new_episodes" or keep:
             cassette._kept = raws
         return cassette
@@ -367,13 +390,12 @@ class Cassette:
         """
         if self.mode == "all":
             return None
-        same = self._by_bytes.get((method, url, body))
-        while same and same[0] in self._played:
-            same.popleft()
         while self._first_unplayed in self._played:
             self._first_unplayed += 1
-        if same and same[0] == self._first_unplayed:
-            return self._use(same.popleft())
+        if self._first_unplayed < len(self._recordings):
+            hit = self._recordings[self._first_unplayed]
+            if hit.request_body == body and hit.uri == url and hit.method == method:
+                return self._use(self._first_unplayed)
         if self._by_key is None:
             self._by_key = {}
             for i, hit in enumerate(self._recordings):
@@ -437,10 +459,7 @@ def write_cassette(path: Path, interactions: list[dict]) -> None:
     """Write a vcrpy cassette atomically: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"interactions": interactions, "version": 1}
-    if path.suffix == ".json":
-        text = json.dumps(data, indent=2, ensure_ascii=False)
-    else:
-        text = yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
+    text = _json_text(data) if path.suffix == ".json" else _yaml_text(data)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -451,6 +470,40 @@ def write_cassette(path: Path, interactions: list[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Characters JSON leaves raw that a YAML 1.1 reader would reject (not printable) or fold
+# (line breaks) inside a double-quoted scalar; escaped, they mean the same in both.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON escapes them; libyaml refuses the escape
+# a list holding one string, as header values are: on one line (strings hold no raw newline)
+_ONE_STRING_LIST = re.compile(r'\[\n\s*("(?:[^"\\]|\\.)*")\n\s*\]')
+
+
+def _json_text(data: dict) -> str:
+    """Indented JSON, header values on one line: readable in a diff."""
+    return _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _yaml_text(data: dict) -> str:
+    """A cassette as YAML in flow style that is also JSON.
+
+    vcrpy and pytest-recording read it as any YAML; harness reads it with json.loads,
+    ~50x faster than libyaml. What JSON and YAML 1.1 would read differently (a float:
+    `1e-05` is a string to YAML; a binary body) is written in block style, as vcrpy does.
+    """
+    text = _json_text(data) if _json_is_yaml(data) else ""
+    if not text or _SURROGATE.search(text):
+        return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _json_is_yaml(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_is_yaml(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_is_yaml(v) for v in value)
+    return value is None or isinstance(value, str | int)  # bools are ints
 
 
 # --- vcrpy / pytest-recording ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -63,7 +64,10 @@ class Conversation(BaseModel):
         return [i for i, m in enumerate(self.messages) if m.role == "user"]
 
 
-class Usage(BaseModel):
+# Usage and Reply are plain dataclasses: adapters build them for every replayed turn from
+# values they have already normalized, and validating those again took a tenth of a replay.
+@dataclass
+class Usage:
     """Token counts as the provider reported them; None where it reported nothing."""
 
     input_tokens: int | None = None
@@ -75,14 +79,15 @@ class Usage(BaseModel):
     billed_output_tokens: int | None = None
 
 
-class Reply(BaseModel):
+@dataclass
+class Reply:
     """A provider's answer to one request, normalized across wire protocols."""
 
     text: str = ""
     finish_reason: FinishReason = "other"
     raw_finish_reason: str | None = None
-    usage: Usage = Field(default_factory=Usage)
-    tool_calls: list[ToolCall] = Field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     response_id: str | None = None
     model: str | None = None
     error: str | None = None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
+import os
 import random
 import threading
 import time
@@ -32,6 +34,7 @@ from .results import TurnResult
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps's, made once
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Run:
     params: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 120.0
+    concurrency: int = 4
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
@@ -123,6 +127,17 @@ class Run:
         self.urls = {p.name: str(httpx.URL(p.url)) for p in self.providers}
         self.secrets = {p.name: _secrets(p) for p in self.providers}
         self.parsers = {p.name: p.adapter.parse_response for p in self.providers}
+
+    @functools.cached_property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client, made on first need: a replay served from cassettes never needs
+        one, and making one (TLS setup) costs more than replaying a thousand turns."""
+        limits = httpx.Limits(max_connections=self.concurrency * len(self.providers))
+        return httpx.AsyncClient(timeout=self.timeout, limits=limits)
+
+    async def aclose(self) -> None:
+        if "client" in self.__dict__:
+            await self.client.aclose()
 
     def cassette_for(self, provider: Provider, conversation: Conversation) -> Path:
         key = (provider.name, conversation.id)
@@ -145,7 +160,9 @@ def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
     conversations = list(conversations)
     for provider in run.providers:
         paths = [(c, run.cassette_for(provider, c)) for c in conversations]
-        absent = [(c, p) for c, p in paths if not p.exists()]
+        folder = paths[0][1].parent if paths else None  # one listing, not a stat per file
+        present = set(os.listdir(folder)) if folder is not None and folder.is_dir() else set()
+        absent = [(c, p) for c, p in paths if p.name not in present]
         if run.record_mode == "none" and absent:
             conv, path = absent[0]
             raise MissingRecording(
@@ -169,6 +186,8 @@ def _prefix(
     own: dict[int, Reply], history: History,
 ) -> list[Message] | int:
     """The messages sent at turn k, or the number of an earlier turn whose failure blocks it."""
+    if history == "reference":
+        return list(turns[k - 1].prefix)
     messages = conversation.messages
     starts = [t.index for t in turns]
     out: list[Message] = list(messages[: starts[0]])
@@ -176,7 +195,7 @@ def _prefix(
         out.append(messages[starts[j]])
         segment = messages[starts[j] + 1 : starts[j + 1]]
         dataset_has_reply = any(m.role == "assistant" for m in segment)
-        if history == "reference" or (history == "auto" and dataset_has_reply):
+        if history == "auto" and dataset_has_reply:
             out.extend(segment)
             continue
         reply = own.get(j + 1)
@@ -188,8 +207,8 @@ def _prefix(
 
 
 async def _call(
-    client: httpx.AsyncClient, run: Run, provider: Provider, cassette: Cassette,
-    url: str, headers: dict[str, str], content: bytes, where: str, limiter: _RateLimiter | None,
+    run: Run, provider: Provider, cassette: Cassette,
+    url: str, headers: dict[str, str], content: bytes, turn: Turn, limiter: _RateLimiter | None,
 ) -> _Exchange:
     """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
 
@@ -207,6 +226,7 @@ async def _call(
             answer = hit.status, RecordedHeaders(hit), hit.response_body
             exchange.latency_ms = hit.latency_ms()
         elif cassette.may_record:
+            client = run.client  # made before the wait, so the limiter spaces the sends
             if limiter is not None:
                 await limiter.wait()
             request = httpx.Request("POST", url, headers=headers, content=content)
@@ -226,7 +246,8 @@ async def _call(
             break
         else:
             raise MissingRecording(
-                f"no recording for {where} in {cassette.path} "
+                f"no recording for conversation {turn.conversation_id!r} turn {turn.turn} "
+                f"provider {provider.name!r} in {cassette.path} "
                 f"(record it with --record-mode new_episodes"
                 + (f" and {provider.api_key_env} set)" if provider.api_key_env else ")")
             )
@@ -247,7 +268,7 @@ async def _call(
 
 
 async def _replay_conversation(
-    client: httpx.AsyncClient, run: Run, conversation: Conversation,
+    run: Run, conversation: Conversation,
     limiters: dict[str, _RateLimiter], emit: Callable[..., None],
 ) -> None:
     turns = conversation_turns(conversation)
@@ -283,11 +304,9 @@ async def _replay_conversation(
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
                     continue
-                content = json.dumps(body, ensure_ascii=False).encode("utf-8")
-                where = (f"conversation {conversation.id!r} turn {turn.turn} "
-                         f"provider {provider.name!r}")
-                exchange = await _call(client, run, provider, cassette, url, headers, content,
-                                       where, limiters.get(provider.name))
+                content = _BODY_ENCODER.encode(body).encode("utf-8")
+                exchange = await _call(run, provider, cassette, url, headers, content,
+                                       turn, limiters.get(provider.name))
                 result = _row(exchange, row, provider)
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
@@ -342,7 +361,7 @@ async def replay_async(
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
-              dict(params or {}), retry or RetryPolicy(), timeout)
+              dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency))
     log = None
     if journal is not None:
         log = results_mod.Journal(journal, {
@@ -368,26 +387,25 @@ async def replay_async(
         if on_row is not None:
             on_row(result)
 
-    limits = httpx.Limits(max_connections=max(1, concurrency) * len(run.providers))
     queue = iter(dataset.conversations)  # `concurrency` workers, each taking the next one
 
     async def worker() -> None:
         for conversation in queue:
-            await _replay_conversation(client, run, conversation, limiters, emit)
+            await _replay_conversation(run, conversation, limiters, emit)
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        finally:
-            bar.close()
-            if log is not None:
-                log.close()
+    tasks = [asyncio.ensure_future(worker()) for _ in range(run.concurrency)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        await run.aclose()
+        bar.close()
+        if log is not None:
+            log.close()
     frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
     if log is not None:
         log.close(remove=True)

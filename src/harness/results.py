@@ -53,7 +53,7 @@ class TurnResult:
             response=reply.text,
             finish_reason=reply.finish_reason,
             raw_finish_reason=reply.raw_finish_reason,
-            **usage.model_dump(),
+            **vars(usage),
             response_id=reply.response_id,
             tool_calls=tool_calls,
             error=reply.error,
@@ -62,7 +62,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
-TOKEN_COLUMNS: tuple[str, ...] = tuple(Usage.model_fields)
+TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
     **{c: "Int64" for c in TOKEN_COLUMNS},

@@ -17,7 +17,7 @@ MAX_ERROR = 500
 def dig(obj: Any, *path: str) -> Any:
     """`obj[a][b]...`, or None as soon as a step is missing or not a dict."""
     for key in path:
-        if not isinstance(obj, Mapping):
+        if type(obj) is not dict and not isinstance(obj, Mapping):
             return None
         obj = obj.get(key)
     return obj
@@ -25,6 +25,8 @@ def dig(obj: Any, *path: str) -> Any:
 
 def to_int(value: Any) -> int | None:
     """A token count as an int (Cohere sends 5.0), or None when it is not a number."""
+    if type(value) is int or value is None:
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -36,14 +38,18 @@ def to_int(value: Any) -> int | None:
     return None
 
 
-def make_usage(input_tokens: Any = None, output_tokens: Any = None, total_tokens: Any = None,
-               **extra: Any) -> Usage:
+def make_usage(input_tokens: Any = None, output_tokens: Any = None, total_tokens: Any = None, *,
+               cached_input_tokens: Any = None, reasoning_tokens: Any = None,
+               billed_input_tokens: Any = None, billed_output_tokens: Any = None) -> Usage:
     """Usage with ints; total is the provider's, else input + output when both are known."""
     n_in, n_out, total = to_int(input_tokens), to_int(output_tokens), to_int(total_tokens)
     if total is None and n_in is not None and n_out is not None:
         total = n_in + n_out
     return Usage(input_tokens=n_in, output_tokens=n_out, total_tokens=total,
-                 **{key: to_int(value) for key, value in extra.items()})
+                 cached_input_tokens=to_int(cached_input_tokens),
+                 reasoning_tokens=to_int(reasoning_tokens),
+                 billed_input_tokens=to_int(billed_input_tokens),
+                 billed_output_tokens=to_int(billed_output_tokens))
 
 
 def canonical_finish(raw: Any, mapping: Mapping[str, str], has_tool_calls: bool) -> str:

@@ -11,6 +11,7 @@ message_start, content_block_*, message_delta) are accumulated.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,7 +125,7 @@ def _from_stream(status: int, body: bytes, events: list[Any]) -> Reply:
             error = error_text(status, body, event)
     content = [{**b, "input": b["json"]} if b["json"] else b for _, b in sorted(blocks.items())]
     reply = _from_message(status, body, {**message, "content": content, "usage": usage})
-    return reply.model_copy(update={"error": error, "finish_reason": "error"}) if error else reply
+    return dataclasses.replace(reply, error=error, finish_reason="error") if error else reply
 
 
 def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
