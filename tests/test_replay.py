@@ -199,3 +199,22 @@ def test_json_cassettes_round_trip_and_load_in_vcrpy(stub, small_dataset, tmp_pa
     offline = replay(small_dataset, providers, cassette_dir=tmp_path, serializer="json",
                      progress=False)
     pd.testing.assert_frame_equal(recorded, offline)
+
+
+def test_results_have_the_documented_dtypes_whether_rows_are_typed_or_loose():
+    from harness.results import COLUMNS, DTYPES, TurnResult, to_frame
+
+    typed = TurnResult("c1", 1, "p", response="hi", input_tokens=3, latency_ms=12.5,
+                       attempts=1, http_status=200)
+    # as a journal read back from JSON gives them: 4.0 tokens, a whole-number latency
+    loose = TurnResult("c0", 2, "p", response="yo", input_tokens=4.0, latency_ms=7, attempts=1)
+    for rows in ([typed], [typed, loose], []):
+        frame = to_frame(rows, order=["c0", "c1"])
+        assert list(frame.columns) == list(COLUMNS)
+        assert {c: frame[c].dtype for c in COLUMNS} == {
+            c: pd.api.types.pandas_dtype(d) for c, d in DTYPES.items()}
+    assert frame.empty
+    frame = to_frame([typed, loose], order=["c0", "c1"])
+    assert list(frame["conversation_id"]) == ["c0", "c1"]
+    assert list(frame["input_tokens"]) == [4, 3] and list(frame["latency_ms"]) == [7.0, 12.5]
+    assert frame["http_status"].isna().tolist() == [True, False]

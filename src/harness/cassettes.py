@@ -245,6 +245,8 @@ def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
 
 
 def _parse(path: Path, raw: bytes, text: str) -> Any:
+    """JSON through orjson; what it refuses (NaN, lone surrogates) through the standard
+    library; YAML in block style through libyaml."""
     if path.suffix == ".json" or raw.lstrip()[:1] == b"{":  # harness's YAML is JSON too
         try:
             return orjson.loads(raw)
@@ -488,8 +490,8 @@ def _json_text(data: dict) -> str:
 def _yaml_text(data: dict) -> str:
     """A cassette as YAML in flow style that is also JSON.
 
-    vcrpy and pytest-recording read it as any YAML; harness reads it with json.loads,
-    ~50x faster than libyaml. What JSON and YAML 1.1 would read differently (a float:
+    vcrpy and pytest-recording read it as any YAML; harness reads it as JSON, with a
+    parser many times faster than libyaml. What JSON and YAML 1.1 would read differently (a float:
     `1e-05` is a string to YAML; a binary body) is written in block style, as vcrpy does.
     """
     text = _json_text(data) if _json_is_yaml(data) else ""

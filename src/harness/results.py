@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from .messages import Reply, Usage
 
@@ -72,6 +74,9 @@ DTYPES: dict[str, str] = {
     "latency_ms": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
+_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
+_PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
+           pa.float64(): pd.Float64Dtype()}
 
 
 def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
@@ -80,8 +85,13 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
     `order` lists conversation ids in dataset order; without it rows sort by id.
     """
     records = [vars(r) if isinstance(r, TurnResult) else r for r in rows]  # flat: no asdict copy
-    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    frame = normalize(frame)
+    try:  # through Arrow, column by column: values of the right types need no inference
+        columns = zip(*map(operator.itemgetter(*COLUMNS), records), strict=True)
+        table = pa.table({c: pa.array(values, _ARROW[DTYPES[c]])
+                          for c, values in zip(COLUMNS, columns, strict=True)})
+        frame = table.to_pandas(types_mapper=_PANDAS.get)
+    except (pa.ArrowException, KeyError, TypeError, ValueError):  # e.g. 3.7 in an Int64 column
+        frame = normalize(pd.DataFrame.from_records(records, columns=list(COLUMNS)))
     if order is not None:
         rank = {cid: i for i, cid in enumerate(order)}
         frame = frame.assign(_rank=frame["conversation_id"].map(rank))
