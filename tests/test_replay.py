@@ -29,6 +29,19 @@ def test_record_then_replay_offline_gives_identical_results(stub, small_dataset,
     assert len(stub.requests) == sent
 
 
+def test_an_offline_replay_makes_no_http_client(stub, small_dataset, tmp_path, monkeypatch):
+    # TLS setup costs more than replaying a thousand turns: offline, none is made
+    providers = stub_providers(stub.base_url)
+    replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path, progress=False)
+
+    def no_client(*args, **kwargs):
+        raise AssertionError("an offline replay made an HTTP client")
+
+    monkeypatch.setattr(httpx, "AsyncClient", no_client)
+    offline = replay(small_dataset, providers, cassette_dir=tmp_path, progress=False)
+    assert (offline["status"] == "ok").all() and len(offline) == 7 * len(providers)
+
+
 def test_rows_follow_dataset_order_and_carry_usage(stub, small_dataset, tmp_path):
     frame = replay(small_dataset, stub_providers(stub.base_url)[:1], record_mode="all",
                    cassette_dir=tmp_path, progress=False)
