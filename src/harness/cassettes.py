@@ -221,15 +221,14 @@ def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
     """
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
     except OSError as exc:
         if missing_ok and isinstance(exc, FileNotFoundError):
             return None
         raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = _parse(path, raw)
     except UnicodeDecodeError:
         raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
-    try:
-        data = _parse(path, raw, text)
     except (yaml.YAMLError, ValueError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -244,17 +243,17 @@ def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
     return data["interactions"]
 
 
-def _parse(path: Path, raw: bytes, text: str) -> Any:
-    """JSON through orjson; what it refuses (NaN, lone surrogates) through the standard
-    library; YAML in block style through libyaml."""
-    if path.suffix == ".json" or raw.lstrip()[:1] == b"{":  # harness's YAML is JSON too
+def _parse(path: Path, raw: bytes) -> Any:
+    """JSON through orjson (which checks the UTF-8 itself); what it refuses (NaN, lone
+    surrogates, bad UTF-8) through the standard library; YAML in block style through libyaml."""
+    as_json = path.suffix == ".json"
+    if as_json or raw[:64].lstrip()[:1] == b"{":  # harness's YAML is JSON too
         try:
             return orjson.loads(raw)
         except ValueError:
             pass
-    if path.suffix == ".json":
-        return json.loads(text)
-    return yaml.load(raw, Loader=_Loader)  # libyaml reads UTF-8 bytes faster than a str
+    text = raw.decode("utf-8")  # UnicodeDecodeError: not a text file
+    return json.loads(text) if as_json else yaml.load(raw, Loader=_Loader)
 
 
 # --- matching -------------------------------------------------------------------------------
@@ -491,13 +490,15 @@ def _yaml_text(data: dict) -> str:
     """A cassette as YAML in flow style that is also JSON.
 
     vcrpy and pytest-recording read it as any YAML; harness reads it as JSON, with a
-    parser many times faster than libyaml. What JSON and YAML 1.1 would read differently (a float:
-    `1e-05` is a string to YAML; a binary body) is written in block style, as vcrpy does.
+    parser many times faster than libyaml. What JSON and YAML 1.1 would read differently
+    (a float: `1e-05` is a string to YAML; a binary body) is written in block style, as
+    vcrpy does.
     """
-    text = _json_text(data) if _json_is_yaml(data) else ""
-    if not text or _SURROGATE.search(text):
-        return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
-    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if _json_is_yaml(data):
+        text = _json_text(data)
+        if not _SURROGATE.search(text):
+            return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
 
 
 def _json_is_yaml(value: Any) -> bool:
