@@ -52,7 +52,9 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         if node in self.constructed_objects or node in self.recursive_objects:
-            raise yaml.YAMLError("YAML aliases (*name) are not allowed in a cassette")
+            raise yaml.constructor.ConstructorError(
+                None, None, "a YAML alias (*name): aliases are not allowed in a cassette "
+                "(expected plain vcrpy YAML)", node.start_mark)
         return super().construct_object(node, deep)
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

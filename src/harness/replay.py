@@ -27,6 +27,7 @@ import pandas as pd
 from . import results as results_mod
 from .cassettes import (
     Cassette,
+    CassetteError,
     MissingRecording,
     RecordedHeaders,
     RecordMode,
@@ -37,7 +38,7 @@ from .cassettes import (
 )
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
-from .providers import Provider, ProviderConfigError, known_secrets
+from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
 
 History = Literal["reference", "self", "auto"]
@@ -378,6 +379,10 @@ async def replay_async(
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
+    names = [p.name for p in providers]
+    if len(set(names)) != len(names):  # their rows would collide after the run, not before
+        raise ValueError(f"a provider is named more than once: {', '.join(names)}")
+    check_params(params or {}, "params.")  # NaN is not JSON: never send it
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
               dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency))
     log = None
@@ -417,10 +422,12 @@ async def replay_async(
     tasks = [asyncio.ensure_future(worker()) for _ in range(run.concurrency)]
     try:
         await asyncio.gather(*tasks)
-    except BaseException:
+    except BaseException as exc:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if log is not None and isinstance(exc, CassetteError) and not log.rows:
+            log.close(remove=True)  # a corrupt cassette is bad input: leave no journal behind
         raise
     finally:
         await run.aclose()

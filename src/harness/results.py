@@ -158,13 +158,16 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
     suffix = check_format(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".parquet":
+            frame.to_parquet(path, index=False)
+        elif suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    except OSError as exc:  # a full disk says nothing of which file it was writing
+        raise ValueError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
 
 
@@ -251,8 +254,11 @@ class Journal:
             self._fh = self.path.open("a", encoding="utf-8")
             if fresh:
                 self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
-        self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk says nothing of which file it was writing
+            raise ValueError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
 
     def close(self, *, remove: bool = False) -> None:
         if self._fh is not None:
