@@ -329,7 +329,9 @@ def scrub_text(text: str, secrets: list[str] | tuple[str, ...]) -> str:
     replaced by `<scrubbed>` (a server may echo part of a key)."""
     if not secrets or not text:
         return text
-    pattern = _secret_pattern(tuple(secrets))
+    chunks, pattern = _secret_pattern(tuple(secrets))
+    if not any(chunk in text for chunk in chunks):  # the usual case, at C speed
+        return text
     spans: list[list[int]] = []
     for match in pattern.finditer(text):
         start, end = match.start(), match.start() + len(match.group(1))
@@ -348,20 +350,26 @@ def scrub_text(text: str, secrets: list[str] | tuple[str, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[str]:
+def _secret_pattern(secrets: tuple[str, ...]) -> tuple[tuple[str, ...], re.Pattern[str]]:
     """A lookahead at every position for a whole short secret or a `MIN_RUN`-long piece of a
-    long one; overlapping hits are merged into the run they cover."""
+    long one (overlapping hits are merged into the run they cover), and the pieces a text
+    must hold for it to match: every `MIN_RUN`-long run holds one of a secret's aligned
+    `MIN_RUN // 2`-long chunks."""
     pieces: set[str] = set()
+    chunks: set[str] = set()
+    half = MIN_RUN // 2
     for secret in secrets:
         if len(secret) <= MIN_RUN:
             if len(secret) >= _SHORT_SECRET:
                 pieces.add(secret)
+                chunks.add(secret)
         else:
             pieces.update(secret[i:i + MIN_RUN] for i in range(len(secret) - MIN_RUN + 1))
+            chunks.update(secret[i:i + half] for i in range(0, len(secret) - half + 1, half))
     if not pieces:
-        return re.compile(r"(?!)()")
+        return (), re.compile(r"(?!)()")
     alternatives = "|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True))
-    return re.compile(f"(?=({alternatives}))")
+    return tuple(chunks), re.compile(f"(?=({alternatives}))")
 
 
 def scrub_bytes(body: bytes, secrets: list[str] | tuple[str, ...]) -> bytes:
