@@ -6,10 +6,14 @@ field, and what was expected.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT
 from test_cli import assert_one_clear_line, run_cli
 
@@ -260,3 +264,42 @@ def test_the_corpus_is_at_least_thirty_cases():
     assert len(DATASETS) + len(PROVIDER_FILES) + len(CASSETTES) + len(ARGUMENTS) >= 69
     on_disk = {p.name for p in BAD.rglob("*") if p.is_file()}
     assert on_disk == set(DATASETS) | set(PROVIDER_FILES) | set(CASSETTES)
+
+
+_PEAK = """
+import json, resource, sys
+from harness.cassettes import CassetteError, read_cassette
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_cassette(sys.argv[1])
+    outcome = "read"
+except CassetteError as exc:
+    outcome = str(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"outcome": outcome, "grew_mb": (after - before) / 1024}))
+"""
+
+
+def _read_cost(path: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_reading_a_cassette_costs_bounded_memory(tmp_path):
+    """A 509-byte alias bomb (billions of nodes once expanded) is refused for almost nothing;
+    a 1 MB cassette in vcrpy's block style costs far less than 100 MB to read."""
+    bomb = _read_cost(BAD / "cassettes" / "alias_bomb.yaml")
+    assert "YAML alias" in bomb["outcome"] and bomb["grew_mb"] < 20, bomb
+    body = json.dumps({"messages": [{"role": "user", "content": "word " * 400}]})
+    interaction = {"request": {"body": body, "headers": {}, "method": "POST",
+                               "uri": "http://127.0.0.1/v1/chat/completions"},
+                   "response": {"body": {"string": body}, "headers": {},
+                                "status": {"code": 200, "message": "OK"}}}
+    big = tmp_path / "big.yaml"
+    copies = [json.loads(json.dumps(interaction)) for _ in range(250)]  # no anchors: copies
+    big.write_text(yaml.safe_dump({"interactions": copies, "version": 1}))
+    assert big.stat().st_size > 1_000_000
+    cost = _read_cost(big)
+    assert cost["outcome"] == "read" and cost["grew_mb"] < 100, cost
