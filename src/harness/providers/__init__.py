@@ -59,11 +59,9 @@ def _check_base_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"base_url must be an http:// or https:// URL, got {_redact(value)!r}")
-    host = parts.netloc.rpartition("@")[2]
-    hostname = host[1:host.index("]")] if host.startswith("[") and "]" in host else \
-        host.rpartition(":")[0] if ":" in host else host
+    host, hostname = parts.netloc.rpartition("@")[2], parts.hostname
     if not hostname or _BAD_HOST.search(hostname):
-        raise ValueError(f"base_url host {hostname!r} is not a host name (no spaces, control "
+        raise ValueError(f"base_url host {hostname or ''!r} is not a host name (no spaces, control "
                          "characters or separators)")
     try:
         port = parts.port
@@ -96,8 +94,8 @@ _NON_NEGATIVE = ("temperature", "top_p", "min_p", "repetition_penalty")
 def check_params(params: Mapping[str, Any], prefix: str = "") -> None:
     """ValueError naming `PREFIXNAME` for a param no API accepts: NaN or infinite numbers,
     a `max_tokens` that is not a positive integer, a negative temperature or top_p."""
-    for key, value in params.items():
-        name, where = key, f"{prefix}{key}"
+    for name, value in params.items():
+        where = f"{prefix}{name}"
         _check_finite(value, where)
         if name in _POSITIVE_INTS and value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1):
