@@ -384,11 +384,18 @@ def scrub_bytes(body: bytes, secrets: list[str] | tuple[str, ...]) -> bytes:
 
 
 def scrub_headers(headers: dict[str, list[str]], secrets: list[str]) -> dict[str, list[str]]:
+    """Credential headers replaced whole; in the others, any secret in the value."""
     return {
-        name: [SCRUBBED] if name.lower() in SECRET_HEADERS or is_secret_name(name)
+        name: [SCRUBBED] if _secret_header(name.lower())
         else [scrub_text(v, secrets) for v in values]
         for name, values in headers.items()
     }
+
+
+def _secret_header(name: str) -> bool:
+    # x-ratelimit-remaining-tokens counts tokens: it is no credential
+    return name in SECRET_HEADERS or (is_secret_name(name) and "ratelimit" not in name
+                                      and "rate-limit" not in name)
 
 
 # --- the store ------------------------------------------------------------------------------
