@@ -217,7 +217,8 @@ class StubServer:
                 with server.lock:
                     server.seen.append({"path": self.path, "headers": dict(self.headers),
                                         "body": raw.decode("utf-8", "replace")})
-                credentials = self._credentials(raw)
+                needed = server.api_key is not None or server.echo
+                credentials = self._credentials(raw) if needed else []
                 echoed = " ".join(c[-server.echo:] for c in credentials) if server.echo else ""
                 echo = {"x-echo": echoed} if echoed else {}
                 if server.api_key is not None and not any(server.api_key in c
