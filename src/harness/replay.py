@@ -2,8 +2,11 @@
 
 Conversations run concurrently (one shared httpx.AsyncClient); the turns of a conversation
 run in order, because in `self` and `auto` history a turn's prompt holds the provider's own
-earlier replies. Each (provider, conversation) has its own cassette, saved when the
-conversation ends, so a killed run keeps every conversation it finished.
+earlier replies. Each (provider, conversation) has its own cassette; what a conversation
+records is kept in its partial file (after every turn when journaling, else when it ends or
+is stopped) and becomes the cassette when the conversation completes, so a run stopped at
+any point (kill -9, Ctrl-C, a full disk) resumes where it was: the same command again
+replays what was recorded and sends only the rest.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ import httpx
 import pandas as pd
 
 from . import results as results_mod
-from .cassettes import Cassette, MissingRecording, RecordedHeaders, RecordMode, cassette_path
+from .cassettes import (
+    Cassette,
+    MissingRecording,
+    RecordedHeaders,
+    RecordMode,
+    cassette_path,
+    partial_path,
+    scrub_text,
+)
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import PRESETS, Provider, ProviderConfigError
@@ -165,10 +176,13 @@ def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
         absent = [(c, p) for c, p in paths if p.name not in present]
         if run.record_mode == "none" and absent:
             conv, path = absent[0]
+            unfinished = partial_path(path)
             raise MissingRecording(
                 f"no recording for conversation {conv.id!r} turn 1 provider {provider.name!r}: "
-                f"{path} does not exist ({len(absent)} of {len(paths)} missing); "
-                f"record it with --record-mode once"
+                f"{path} does not exist ({len(absent)} of {len(paths)} missing"
+                + (f"; {unfinished.name} is an unfinished recording"
+                   if unfinished.name in present else "")
+                + "); record it with --record-mode once"
                 + (f" and {provider.api_key_env} set" if provider.api_key_env else "")
             )
         needs_network = run.record_mode in ("all", "new_episodes") or (
@@ -212,6 +226,8 @@ async def _call(
 ) -> _Exchange:
     """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
 
+    Every attempt is recorded, those that got no HTTP answer too, and a replayed attempt goes
+    through the same steps as a live one, so an offline replay gives the live run's row.
     A replayed exchange never becomes an httpx Request or Response: at scale, building
     them cost more than the rest of the turn.
     """
@@ -221,10 +237,13 @@ async def _call(
         exchange.attempts = attempt
         response: httpx.Response | None = None
         answer: tuple[int, Mapping[str, str], bytes] | None = None
+        failure: str | None = None  # the attempt got no HTTP answer
         hit = cassette.take("POST", url, content)
         if hit is not None:
-            answer = hit.status, RecordedHeaders(hit), hit.response_body
-            exchange.latency_ms = hit.latency_ms()
+            failure = hit.transport_error()
+            if failure is None:
+                answer = hit.status, RecordedHeaders(hit), hit.response_body
+                exchange.latency_ms = hit.latency_ms()
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends
             if limiter is not None:
@@ -235,8 +254,10 @@ async def _call(
                 response = await client.send(request)
                 await response.aread()
             except httpx.TransportError as exc:
-                exchange.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                exchange.status = exchange.reply = None
+                failure = scrub_text(f"{type(exc).__name__}: {exc}" if str(exc)
+                                     else type(exc).__name__, run.secrets[provider.name])
+                cassette.record_failure(request, type(exc).__name__, failure,
+                                        (time.perf_counter() - started) * 1000)
             else:
                 exchange.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 cassette.record(request, response, exchange.latency_ms)
@@ -259,6 +280,8 @@ async def _call(
                 exchange.reply, exchange.error = None, str(exc)
             retriable = exchange.status in RETRY_STATUSES or exchange.reply is None
         else:
+            exchange.status = exchange.reply = None
+            exchange.error = failure
             retriable = True
         if not retriable or attempt == run.retry.attempts:
             break
@@ -276,8 +299,9 @@ async def _replay_conversation(
     async def one_provider(provider: Provider) -> None:
         done = run.done.get((conversation.id, provider.name), {})
         cassette = Cassette.open(run.cassette_for(provider, conversation), run.record_mode,
-                                 run.secrets[provider.name], keep=bool(done))
+                                 run.secrets[provider.name])
         own: dict[int, Reply] = {}
+        completed = False
         headers = provider.request_headers(provider.api_key())
         url = run.urls[provider.name]
         try:
@@ -311,10 +335,11 @@ async def _replay_conversation(
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
                 if run.journaling:  # a row in the journal implies its recording is on disk
-                    cassette.save()
+                    cassette.save(finished=False)
                 emit(result)
-        finally:
-            cassette.save()
+            completed = True
+        finally:  # stopped or not, what was recorded is kept; complete, it is the cassette
+            cassette.save(finished=completed)
 
     if len(run.providers) == 1:  # the usual case needs no task per conversation
         await one_provider(run.providers[0])
