@@ -376,12 +376,14 @@ async def replay_async(
     progress: bool = True,
     on_row: Callable[[TurnResult], None] | None = None,
     journal: str | Path | None = None,
+    keep_journal: bool = False,
 ) -> pd.DataFrame:
     """Replay `dataset` against `providers`; returns the results DataFrame.
 
     With `journal`, every row is appended to that JSONL file as it completes; running
     again with the same journal resumes: turns already in it are not sent again. The
-    journal is removed once the run has finished.
+    journal is removed once the run has finished, unless `keep_journal` (the caller
+    removes it once the results are safely written).
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
@@ -432,7 +434,7 @@ async def replay_async(
         if log is not None:
             log.close()
     frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
-    if log is not None:
+    if log is not None and not keep_journal:
         log.close(remove=True)
     return frame
 
