@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import time
 import zlib
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping
@@ -399,12 +400,11 @@ def _locked(path: Path) -> Iterator[None]:
             lock_path.unlink(missing_ok=True)
 
 
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
+def _mtime(path: Path) -> float:
     try:
-        st = path.stat()
+        return path.stat().st_mtime
     except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+        return 0.0
 
 
 @dataclass
@@ -424,27 +424,27 @@ class Cassette:
     _first_unplayed: int = 0
     _by_key: dict[bytes, deque[int]] | None = None
     _recorded: list[dict] = field(default_factory=list)  # not saved yet
-    _replaces: tuple[int, int, int] | None = None  # mode `all`: the finished file it replaces
+    # mode `all` replaces a cassette written before this time (the run's start); one written
+    # since then is another process's recording, merged in
+    since: float = 0.0
 
     @classmethod
     def open(cls, path: str | Path, mode: RecordMode = "none",
-             secrets: list[str] | None = None) -> Cassette:
+             secrets: list[str] | None = None, since: float | None = None) -> Cassette:
         """Open for `mode`: `none` reads the cassette; the recording modes read the partial
-        file of an unfinished run if there is one, else the cassette (`all`: nothing)."""
+        file of an unfinished run if there is one, else the cassette (`all`: nothing).
+
+        `since`: when the run began (default: now); mode `all` replaces what was recorded
+        before it."""
         path = path if isinstance(path, Path) else Path(path)
-        cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
+        cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s],
+                       since=time.time() if since is None else since)
         raws = None
         if mode != "none":
             raws = _load_raw(partial_path(path), missing_ok=True, as_json=path.suffix == ".json")
-        if raws is None:
-            if mode == "all":
-                cassette._replaces = _stat_key(path)
-                cassette.existed = cassette._replaces is not None
-            else:
-                raws = _load_raw(path, missing_ok=True)
-                cassette.existed = raws is not None
-        elif mode == "all":
-            cassette._replaces = _stat_key(path)
+        if raws is None and mode != "all":
+            raws = _load_raw(path, missing_ok=True)
+            cassette.existed = raws is not None
         cassette._recordings = _interactions(path, raws or [])
         return cassette
 
@@ -559,12 +559,12 @@ class Cassette:
 
     def _on_disk(self) -> list[dict]:
         """What the files hold now: an unfinished recording, else the cassette, unless this
-        is mode `all` and the cassette is still the one it replaces."""
+        is mode `all` and the cassette was written before the run began."""
         raws = _load_raw(partial_path(self.path), missing_ok=True,
                          as_json=self.path.suffix == ".json")
         if raws is not None:
             return raws
-        if self.mode == "all" and _stat_key(self.path) == self._replaces:
+        if self.mode == "all" and _mtime(self.path) < self.since:
             return []
         return _load_raw(self.path, missing_ok=True) or []
 

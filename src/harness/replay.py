@@ -127,6 +127,7 @@ class Run:
     concurrency: int = 4
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
+    started: float = field(default_factory=time.time)  # mode `all` replaces what is older
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
@@ -299,7 +300,7 @@ async def _replay_conversation(
     async def one_provider(provider: Provider) -> None:
         done = run.done.get((conversation.id, provider.name), {})
         cassette = Cassette.open(run.cassette_for(provider, conversation), run.record_mode,
-                                 run.secrets[provider.name])
+                                 run.secrets[provider.name], since=run.started)
         own: dict[int, Reply] = {}
         completed = False
         headers = provider.request_headers(provider.api_key())

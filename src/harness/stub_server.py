@@ -15,6 +15,7 @@ import contextlib
 import json
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -122,6 +123,14 @@ ROUTES = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
+
+
 class StubServer:
     """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
 
@@ -133,8 +142,7 @@ class StubServer:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.faults: dict[str, int] = {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
