@@ -327,3 +327,34 @@ def test_two_processes_recording_into_one_folder_lose_nothing(project, tmp_path,
     assert leftovers(folder) == []
     for path in folder.rglob("*.yaml"):
         FilesystemPersister.load_cassette(str(path), yamlserializer)
+
+
+def test_a_journal_line_cut_short_is_dropped_and_later_rows_are_kept(tmp_path):
+    from harness.results import Journal, TurnResult
+
+    path = tmp_path / "out.parquet.journal.jsonl"
+    first = Journal(path, {"run": 1})
+    first.append(TurnResult("c1", 1, "p", response="one"))
+    first.close()
+    with path.open("ab") as fh:  # the process died (or the disk filled) mid-line
+        fh.write(b'{"conversation_id": "c1", "turn": 2, "prov')
+    second = Journal(path, {"run": 1})
+    assert [r["turn"] for r in second.rows] == [1]
+    second.append(TurnResult("c1", 2, "p", response="two"))
+    second.append(TurnResult("c1", 3, "p", response="three"))
+    second.close()
+    third = Journal(path, {"run": 1})
+    assert [r["response"] for r in third.rows] == ["one", "two", "three"]
+    assert sorted(third.done()[("c1", "p")]) == [1, 2, 3]
+
+
+def test_a_journal_killed_before_its_header_was_whole_starts_afresh(tmp_path):
+    from harness.results import Journal, TurnResult
+
+    path = tmp_path / "out.parquet.journal.jsonl"
+    path.write_bytes(b'{"journ')
+    journal = Journal(path, {"run": 1})
+    assert journal.rows == []
+    journal.append(TurnResult("c1", 1, "p"))
+    journal.close()
+    assert [r["turn"] for r in Journal(path, {"run": 1}).rows] == [1]
