@@ -67,10 +67,13 @@ REPLAY_KILL_POINTS = {  # mode none writes no cassette
     "during a replayed turn": "harness.cassettes:Cassette.take:5:after",
     "between a replayed turn and its journal row": "harness.results:Journal.append:5:before",
 }
+OVER_AN_OLD_RECORDING = ["between a cassette save and its journal row",
+                         "first save of a conversation, before its first journal row",
+                         "before a rename (temp to partial, or partial to cassette)"]
 CASES = [("none", name, spec) for name, spec in REPLAY_KILL_POINTS.items()] + [
     (mode, name, spec) for mode in ("once", "new_episodes", "all")
     for name, spec in KILL_POINTS.items()
-]
+] + [("all over an old recording", name, KILL_POINTS[name]) for name in OVER_AN_OLD_RECORDING]
 
 
 def turn_of(body: dict) -> tuple[int, int]:
@@ -79,11 +82,13 @@ def turn_of(body: dict) -> tuple[int, int]:
     return int(words[4]), int(words[1])
 
 
-def recorded_turns(folder: Path) -> list[tuple[int, int]]:
-    """The turn of every request recorded in the cassettes and partial files under `folder`."""
+def recorded_turns(folder: Path, since: float = 0.0) -> list[tuple[int, int]]:
+    """The turn of every request recorded in the cassettes and partial files under `folder`
+    (those written at `since` or later)."""
     out = []
     for path in folder.rglob("*"):
-        if path.is_file() and path.name.endswith((".yaml", ".yaml.partial")):
+        if (path.is_file() and path.name.endswith((".yaml", ".yaml.partial"))
+                and path.stat().st_mtime >= since):
             try:
                 raws = cassettes._load_raw(path)
             except cassettes.CassetteError:
@@ -150,16 +155,18 @@ def test_kill_9_at_any_point_then_the_same_command_resumes(project, uninterrupte
     for i, (mode, point, spec) in enumerate(CASES):
         folder, out = tmp_path / f"cassettes-{i}", tmp_path / f"out-{i}.parquet"
         journal = Path(f"{out}.journal.jsonl")
-        if mode == "none":
+        if mode in ("none", "all over an old recording"):
             shutil.copytree(reference_cassettes, folder)
-        argv = project.command(mode, folder, out)
+            time.sleep(0.05)  # file times are coarse: what the run writes is newer
+        argv = project.command(mode.split()[0], folder, out)
         project.requests.clear()
+        started = time.time()
         killed = subprocess.run([sys.executable, "-c", KILLER, spec, *argv], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         where = f"{mode}, killed {point}"
         assert killed.returncode == -signal.SIGKILL, (where, killed.stderr)
         journaled = journaled_turns(journal)
-        on_disk = set(recorded_turns(folder)) if mode != "none" else set()
+        on_disk = set(recorded_turns(folder, since=started)) if mode != "none" else set()
         sent_before = [turn_of(r["body"]) for r in project.requests]
         project.requests.clear()
 
