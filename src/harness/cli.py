@@ -7,7 +7,9 @@ traceback; `diff` exits 1 when the runs differ.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,7 +114,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             dataset, providers, history=args.history, record_mode=args.record_mode,
             cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
             concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
-            on_row=finished.append, keep_journal=True,
+            on_row=finished.append, keep_journal=True, started_at=_process_start(),
         )
     except KeyboardInterrupt:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
@@ -124,6 +126,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
         console.print(f"wrote {len(frame)} rows to {path}")
     return 0
+
+
+def _process_start() -> float:
+    """When this command was launched (Linux: from /proc), else now: what `--record-mode all`
+    recorded before it is replaced, what another process records after it is kept."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,

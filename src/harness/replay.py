@@ -378,18 +378,22 @@ async def replay_async(
     on_row: Callable[[TurnResult], None] | None = None,
     journal: str | Path | None = None,
     keep_journal: bool = False,
+    started_at: float | None = None,
 ) -> pd.DataFrame:
     """Replay `dataset` against `providers`; returns the results DataFrame.
 
     With `journal`, every row is appended to that JSONL file as it completes; running
     again with the same journal resumes: turns already in it are not sent again. The
     journal is removed once the run has finished, unless `keep_journal` (the caller
-    removes it once the results are safely written).
+    removes it once the results are safely written). `started_at` (default: now) is when
+    the run began: record mode `all` replaces what was recorded before it, and keeps what
+    another process records into the same cassettes meanwhile.
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
-              dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency))
+              dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency),
+              started=time.time() if started_at is None else started_at)
     log = None
     if journal is not None:
         log = results_mod.Journal(journal, {
