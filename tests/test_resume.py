@@ -113,7 +113,7 @@ def journaled_turns(journal: Path) -> set[tuple[int, int]]:
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*")
-                  if p.name.endswith((".tmp", ".partial", ".lock")))
+                  if p.name.endswith((".tmp", ".partial", ".lock", cassettes.RERECORDING_MARKER)))
 
 
 @pytest.fixture
@@ -190,10 +190,12 @@ def test_kill_9_at_any_point_then_the_same_command_resumes(project, uninterrupte
     print(f"\nkill points tried per record mode: {tried}")
 
 
-def test_kill_9_without_out_resumes_from_the_partial_cassette(project, uninterrupted, tmp_path):
+@pytest.mark.parametrize("mode", ["once", "new_episodes", "all"])
+def test_kill_9_without_out_resumes_from_the_partial_cassette(project, uninterrupted, tmp_path,
+                                                              mode):
     _, expected = uninterrupted
     folder = tmp_path / "cassettes"
-    argv = project.command("once", folder, None)
+    argv = project.command(mode, folder, None)
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, "harness.cassettes:Cassette.record:7:before", *argv],
         cwd=ROOT, capture_output=True, timeout=120)
@@ -201,23 +203,25 @@ def test_kill_9_without_out_resumes_from_the_partial_cassette(project, uninterru
     # no journal, no save per turn: the conversations in flight kept nothing, the finished
     # ones are cassettes
     finished = {c for c, _ in recorded_turns(folder)}
+    assert finished
     project.requests.clear()
     out = tmp_path / "out.parquet"
-    assert main(project.command("once", folder, out)) == 0
+    assert main(project.command(mode, folder, out)) == 0
     assert not {c for c, _ in (turn_of(r["body"]) for r in project.requests)} & finished
     pd.testing.assert_frame_equal(results.load(out).drop(columns="latency_ms"),
                                   expected.drop(columns="latency_ms"))
     assert leftovers(folder) == []
 
 
-@pytest.mark.parametrize("with_out", [True, False], ids=["with --out", "without --out"])
+@pytest.mark.parametrize("mode,with_out", [("once", True), ("once", False), ("all", False),
+                                           ("new_episodes", True)])
 def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(project, uninterrupted,
-                                                                 tmp_path, with_out):
+                                                                 tmp_path, mode, with_out):
     _, expected = uninterrupted
     project.delay = 0.15
     folder, out = tmp_path / "cassettes", tmp_path / "out.parquet"
     journal = Path(f"{out}.journal.jsonl")
-    argv = project.command("once", folder, out if with_out else None)
+    argv = project.command(mode, folder, out if with_out else None)
     child = subprocess.Popen([sys.executable, "-m", "harness", *argv], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -241,7 +245,7 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(project, uninte
 
     project.delay = 0.0
     project.requests.clear()
-    assert main(project.command("once", folder, out)) == 0
+    assert main(project.command(mode, folder, out)) == 0
     sent_again = {turn_of(r["body"]) for r in project.requests}
     assert not sent_again & (journaled | on_disk)
     pd.testing.assert_frame_equal(results.load(out).drop(columns="latency_ms"),
@@ -318,7 +322,7 @@ def test_two_processes_recording_into_one_folder_lose_nothing(project, tmp_path,
     from vcr.persisters.filesystem import FilesystemPersister
     from vcr.serializers import yamlserializer
 
-    project.delay = 0.03
+    project.delay = 0.15  # long enough that the two runs overlap
     folder = tmp_path / "cassettes"
     children = [
         subprocess.Popen([sys.executable, "-m", "harness", *project.command(

@@ -400,6 +400,29 @@ def _locked(path: Path) -> Iterator[None]:
             lock_path.unlink(missing_ok=True)
 
 
+RERECORDING_MARKER = ".harness-rerecording"
+
+
+def begin_rerecording(folder: Path, started: float) -> float:
+    """Mode `all` into `folder`: when its re-recording began. The marker of one that did not
+    finish is there: it is continued (what it recorded is kept, not sent again)."""
+    marker = folder / RERECORDING_MARKER
+    try:
+        return float(json.loads(marker.read_bytes())["started"])
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):  # a torn marker: start afresh
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"started": started}), encoding="utf-8")
+    return started
+
+
+def end_rerecording(folder: Path) -> None:
+    """Mode `all` into `folder` has finished: the next one replaces all of it again."""
+    (folder / RERECORDING_MARKER).unlink(missing_ok=True)
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -442,7 +465,9 @@ class Cassette:
         raws = None
         if mode != "none":
             raws = _load_raw(partial_path(path), missing_ok=True, as_json=path.suffix == ".json")
-        if raws is None and mode != "all":
+        if raws is None and (mode != "all" or _mtime(path) >= cassette.since):
+            # in mode `all`, a cassette written since the run began is this run's (another
+            # process's, or an interrupted run's it continues): replayed, not sent again
             raws = _load_raw(path, missing_ok=True)
             cassette.existed = raws is not None
         cassette._recordings = _interactions(path, raws or [])

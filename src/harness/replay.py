@@ -33,7 +33,9 @@ from .cassettes import (
     MissingRecording,
     RecordedHeaders,
     RecordMode,
+    begin_rerecording,
     cassette_path,
+    end_rerecording,
     partial_path,
     scrub_text,
 )
@@ -403,6 +405,10 @@ async def replay_async(
         })
         run.done, run.journaling = log.done(), True
     check_ready(run, dataset.conversations)
+    folders = [cassette_path(run.cassette_dir, dataset.name, p.name, "-").parent
+               for p in run.providers]
+    if record_mode == "all":  # an interrupted re-recording is continued, not begun again
+        run.started = min([begin_rerecording(f, run.started) for f in folders], default=run.started)
     limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
@@ -438,6 +444,9 @@ async def replay_async(
         bar.close()
         if log is not None:
             log.close()
+    if record_mode == "all":
+        for folder in folders:
+            end_rerecording(folder)
     frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
     if log is not None and not keep_journal:
         log.close(remove=True)
