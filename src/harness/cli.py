@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -159,17 +160,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
     journal = Path(f"{args.out}.journal.jsonl") if args.out else None
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
-    frame = replay(
-        dataset, providers, history=args.history, record_mode=args.record_mode,
-        cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
-        concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
-        timeout=args.timeout,
-    )
+    finished: list[results.TurnResult] = []
+    try:
+        frame = replay(
+            dataset, providers, history=args.history, record_mode=args.record_mode,
+            cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
+            concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
+            on_row=finished.append, keep_journal=True, started_at=_process_start(),
+                timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
+        order = [c.id for c in dataset.conversations]
+        return _interrupted(args, results.to_frame(finished, order=order), total, journal)
     print_report(frame, console)
     if args.out:
         path = results.save(frame, args.out)
+        journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
         console.print(f"wrote {len(frame)} rows to {path}")
     return 0
+
+
+def _process_start() -> float:
+    """When this command was launched (Linux: from /proc), else now: what `--record-mode all`
+    recorded before it is replaced, what another process records after it is kept."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,
+                 journal: Path | None) -> int:
+    """Ctrl-C: keep the rows that finished (with --out) and say, in one line, how to go on."""
+    done = f"{len(finished)} of {total} turns"
+    if args.out and len(finished):
+        results.save(finished, args.out)
+        where = f"wrote the {done} that finished to {args.out}, the journal {journal} keeps them"
+    else:
+        where = f"{done} finished; what was recorded is kept under {args.cassettes}"
+    print(f"harness: interrupted: {where}; run the same command again to resume",
+          file=sys.stderr)
+    return 130
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -195,6 +196,13 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: {exc}") from None
 
 
+class JournalWriteError(OSError):
+    """The journal could not be written (a full disk), named in one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class Journal:
     """Rows appended to a JSONL file as they complete, so a killed run can resume.
 
@@ -216,11 +224,12 @@ class Journal:
         self._fh = None
 
     def _read(self) -> None:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{self.path}: not a harness journal (not UTF-8 text); delete the "
-                             "file to start over") from None
+        # only lines ending in a newline are whole; what follows the last one is torn
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")[:-1]
+        if not lines and self._header().startswith(data):  # killed mid-header: nothing to resume
+            self._drop_torn_tail(0)
+            return
         try:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
@@ -233,11 +242,27 @@ class Journal:
                 f"{self.path}: an unfinished run with other settings left this journal; "
                 "run the same command again to resume it, or delete the file to start over"
             )
+        kept = len(lines[0]) + 1  # bytes of the lines read whole
         for line in lines[1:]:
             try:
-                self.rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 break
+            if not isinstance(row, dict):
+                break
+            self.rows.append(row)
+            kept += len(line) + 1
+        self._drop_torn_tail(kept)
+
+    def _header(self) -> bytes:
+        return (json.dumps({"journal": self.fingerprint}) + "\n").encode("utf-8")
+
+    def _drop_torn_tail(self, kept: int) -> None:
+        """Cut what follows the last whole row (a line the process died writing, or one a full
+        disk cut short), so that rows appended on resume start on a line of their own."""
+        with self.path.open("r+b") as fh:
+            if fh.seek(0, 2) > kept:
+                fh.truncate(kept)
 
     def done(self) -> dict[tuple[str, str], dict[int, TurnResult]]:
         """Rows already finished, by (conversation_id, provider) then turn."""
@@ -248,21 +273,22 @@ class Journal:
         return out
 
     def append(self, result: TurnResult) -> None:
-        if self._fh is None:
-            fresh = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-            if fresh:
-                self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
         try:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = self.path.open("a", encoding="utf-8")
+                if self._fh.tell() == 0:
+                    self._fh.write(self._header().decode("utf-8"))
             self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
             self._fh.flush()
-        except OSError as exc:  # a full disk says nothing of which file it was writing
-            raise ValueError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        except OSError as exc:  # a full disk: say which file; the next run drops the torn line
+            raise JournalWriteError(exc.errno, f"{self.path}: cannot write the journal: "
+                                               f"{exc.strerror or exc}") from None
 
     def close(self, *, remove: bool = False) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):  # a write that failed already said so
+                fh.close()
         if remove:
             self.path.unlink(missing_ok=True)

@@ -4,7 +4,7 @@ It is not a model: its replies are built from the request (turn count, the last 
 the first one), so that tests and the shipped demo cassettes exercise history, `max_tokens`
 cut-offs, usage and errors over real HTTP. With `fault_rate` it also misbehaves on a seeded
 share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
-timeout, invalid JSON), the way real APIs do.
+timeout, a body cut short, invalid JSON), the way real APIs do.
 
     python -m harness serve-stub --port 8099
 """
@@ -17,13 +17,14 @@ import contextlib
 import json
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "drop", "stall", "bad_json")
+FAULTS = ("429", "500", "drop", "stall", "truncated", "bad_json")
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
@@ -124,6 +125,14 @@ ROUTES = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
+
+
 class StubServer:
     """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
 
@@ -140,8 +149,7 @@ class StubServer:
         self.requests: list[dict] = []
         self.seen: list[dict] = []  # every POST as it arrived, refused ones too
         self.faults: dict[str, int] = {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -246,6 +254,13 @@ class StubServer:
                     return None
                 if fault == "stall":
                     time.sleep(server.stall_seconds)
+                    return None
+                if fault == "truncated":  # announces more than it sends, then hangs up
+                    self.send_response(200)
+                    self.send_header("content-length", "4096")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [{"message": ')
+                    self.close_connection = True
                     return None
                 if fault == "bad_json":
                     return self._send(200, b'{"choices": [{"message": ')
