@@ -41,12 +41,18 @@ def parse(name: str, index: int = 0):
 
 
 def usage(i: int | None = None, o: int | None = None, t: int | None = None, *,
-          cached: int | None = None, reasoning: int | None = None,
+          cached: int | None = None, write: int | None = None, reasoning: int | None = None,
           billed: tuple[int, int] | None = None) -> dict[str, int | None]:
     return {"input_tokens": i, "output_tokens": o, "total_tokens": t,
-            "cached_input_tokens": cached, "reasoning_tokens": reasoning,
+            "cached_input_tokens": cached, "cache_write_input_tokens": write,
+            "reasoning_tokens": reasoning,
             "billed_input_tokens": billed[0] if billed else None,
             "billed_output_tokens": billed[1] if billed else None}
+
+
+def counts(reply) -> dict[str, int | None]:
+    """A reply's token columns (all but `usage_raw`)."""
+    return {k: v for k, v in vars(reply.usage).items() if k != "usage_raw"}
 
 
 # --- every recorded response, read by hand -------------------------------------------------------
@@ -125,15 +131,15 @@ OK = [  # (cassette, interaction, text start, finish, raw finish, usage)
      "I will first inspect the tables in the database.", "error", "ERROR", usage()),
     ("anthropic/mirascope-anthropic_max_tokens.yaml", 0,
      "Here are all 50 U.S. states in alphabetical order:\n\n1. Alabama", "length", "max_tokens",
-     usage(15, 50, 65, cached=0)),
+     usage(15, 50, 65, cached=0, write=0)),
     ("anthropic/mirascope-anthropic_max_tokens_stream.yaml", 0,
      "Here are all 50 U.S. states in alphabetical order:\n\n1. Alabama", "length", "max_tokens",
-     usage(15, 50, 65, cached=0)),
+     usage(15, 50, 65, cached=0, write=0)),
     ("anthropic/pai-anthropic_parallel_tool_calls_parsed_body.yaml", 0,
      "I'll help you find out who is the youngest", "tool_calls", "tool_use",
-     usage(423, 202, 625, cached=0)),
+     usage(423, 202, 625, cached=0, write=0)),
     ("anthropic/pai-anthropic_parallel_tool_calls_parsed_body.yaml", 1,
-     "Based on the retrieved information", "stop", "end_turn", usage(771, 77, 848, cached=0)),
+     "Based on the retrieved information", "stop", "end_turn", usage(771, 77, 848, cached=0, write=0)),
 ]
 
 ERRORS = [  # (cassette, interaction, status, error message start)
@@ -158,7 +164,12 @@ def test_recorded_response(name, index, text, finish, raw, tokens):
     reply = parse(name, index)
     assert reply.text.startswith(text)
     assert (reply.finish_reason, reply.raw_finish_reason) == (finish, raw)
-    assert vars(reply.usage) == tokens
+    raw = reply.usage.usage_raw
+    assert counts(reply) == tokens
+    # the provider's own usage object is kept for audit whenever it sent one
+    assert (raw is None) == (tokens == usage()), raw
+    if raw is not None:
+        assert isinstance(json.loads(raw), dict)
     assert (reply.error is not None) == (finish == "error")
 
 
@@ -170,7 +181,7 @@ def test_recorded_error(name, index, status, message):
     assert reply.finish_reason == "error"
     assert reply.error.startswith(message)
     assert "\n" not in reply.error
-    assert reply.text == "" and vars(reply.usage) == usage()
+    assert reply.text == "" and counts(reply) == usage()
 
 
 def test_every_recorded_response_parses():
@@ -562,7 +573,7 @@ def _sse(*events: Any, done: bool = False) -> bytes:
 def test_unknown_finish_reason_is_other_and_missing_usage_is_none(adapter, body):
     reply = adapter.parse_response(200, {}, _j(body))
     assert (reply.text, reply.finish_reason, reply.raw_finish_reason) == ("x", "other", "mystery")
-    assert vars(reply.usage) == usage()  # nothing reported, nothing invented
+    assert counts(reply) == usage()  # nothing reported, nothing invented
 
 
 @pytest.mark.parametrize(("raw", "finish"), [
@@ -601,8 +612,8 @@ def test_cohere_v1_tool_calls_with_complete_are_tool_calls_and_float_tokens_are_
     reply = cohere_v1.parse_response(200, {}, _j(body))
     assert (reply.finish_reason, reply.raw_finish_reason) == ("tool_calls", "COMPLETE")
     assert reply.tool_calls == [ToolCall(name="lookup", arguments='{"q": "x"}')]
-    assert vars(reply.usage) == usage(5, 7, 12, billed=(3, 7))
-    assert all(type(v) is int for v in vars(reply.usage).values() if v is not None)
+    assert counts(reply) == usage(5, 7, 12, billed=(3, 7))
+    assert all(type(v) is int for v in counts(reply).values() if v is not None)
 
 
 def test_cohere_v1_ndjson_stream_reads_stream_end():
@@ -617,7 +628,7 @@ def test_cohere_v1_ndjson_stream_reads_stream_end():
     body = "\n\n".join(json.dumps(line) for line in lines).encode() + b"\n"
     reply = cohere_v1.parse_response(200, {"content-type": "application/stream+json"}, body)
     assert (reply.text, reply.finish_reason, reply.response_id) == ("Argh, hello.", "stop", "r1")
-    assert vars(reply.usage) == usage(49, 4, 53, billed=(31, 4))
+    assert counts(reply) == usage(49, 4, 53, billed=(31, 4))
     cut = b"\n".join(json.dumps(line).encode() for line in lines[:3])
     reply = cohere_v1.parse_response(200, {}, cut)
     assert (reply.text, reply.finish_reason, reply.raw_finish_reason) == ("Argh, hello.", "other",
@@ -638,7 +649,7 @@ def test_openai_stream_accumulates_tool_call_deltas():
     reply = openai.parse_response(200, {}, body)
     assert reply.tool_calls == [ToolCall(id="call_1", name="lookup", arguments='{"q": "x"}')]
     assert (reply.finish_reason, reply.response_id, reply.model) == ("tool_calls", "c1", "m")
-    assert vars(reply.usage) == usage(3, 4, 7)
+    assert counts(reply) == usage(3, 4, 7)
 
 
 def test_openai_200_with_an_error_object_or_stream_error_is_an_error_reply():
@@ -659,7 +670,9 @@ def test_openai_content_parts_and_top_level_cached_tokens():
                       "cached_tokens": 4}}
     reply = openai.parse_response(200, {}, _j(body))
     assert reply.text == "Hi"
-    assert vars(reply.usage) == usage(10, 2, 13, cached=4)  # the provider's total wins
+    # a provider total that is not input + output is not kept: total means input + output
+    assert counts(reply) == usage(10, 2, 12, cached=4)
+    assert json.loads(reply.usage.usage_raw)["total_tokens"] == 13  # but stays auditable
 
 
 def test_anthropic_stream_with_tool_use_and_error_event():
@@ -683,7 +696,7 @@ def test_anthropic_stream_with_tool_use_and_error_event():
     reply = anthropic.parse_response(200, {}, body)
     assert (reply.text, reply.finish_reason, reply.response_id) == ("On it.", "tool_calls", "msg_1")
     assert reply.tool_calls == [ToolCall(id="toolu_1", name="lookup", arguments='{"q": "x"}')]
-    assert vars(reply.usage) == usage(9, 12, 21)
+    assert counts(reply) == usage(9, 12, 21)
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     reply = anthropic.parse_response(200, {}, body.split(b"event: message_delta")[0]
                                      + f"event: error\ndata: {json.dumps(error)}\n\n".encode())
@@ -708,7 +721,7 @@ def test_cohere_v2_stream_with_tool_calls():
     assert (reply.text, reply.finish_reason, reply.response_id) == ("I will look.", "tool_calls",
                                                                     "r1")
     assert reply.tool_calls == [ToolCall(id="t1", name="lookup", arguments='{"q":"x"}')]
-    assert vars(reply.usage) == usage(5, 6, 11, cached=2)
+    assert counts(reply) == usage(5, 6, 11, cached=2)
 
 
 def test_cohere_v2_thinking_is_not_text():

@@ -299,7 +299,7 @@ async def _replay_conversation(
                                           f"from the {run.history} history"))
                     continue
                 try:
-                    body = provider.build_body(prefix, run.params)
+                    body = provider.build_body(prefix, run.params, turn.tools)
                 except ValueError as exc:  # a prompt this protocol cannot express
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))

@@ -32,9 +32,11 @@ class TurnResult:
     output_tokens: int | None = None
     total_tokens: int | None = None
     cached_input_tokens: int | None = None
+    cache_write_input_tokens: int | None = None
     reasoning_tokens: int | None = None
     billed_input_tokens: int | None = None
     billed_output_tokens: int | None = None
+    usage_raw: str | None = None  # the provider's own usage object, JSON text
     latency_ms: float | None = None
     status: str = "ok"          # ok | error | skipped
     http_status: int | None = None
@@ -64,7 +66,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
-TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "usage_raw")
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
     **{c: "Int64" for c in TOKEN_COLUMNS},
