@@ -103,8 +103,13 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
     return frame.reset_index(drop=True)
 
 
+# columns added after results files were first written: an older file reads with them NA
+ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw")
+
+
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     """Coerce any frame with the result columns onto the documented dtypes."""
+    frame = frame.assign(**{c: None for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")

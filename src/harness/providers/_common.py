@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -205,6 +206,11 @@ def is_sse(body: bytes) -> bool:
     return body.lstrip().startswith((b"data:", b"event:", b":", b"id:"))
 
 
+# SSE lines end in CRLF, CR or LF only: str.splitlines() would also split inside JSON strings
+# on U+2028/U+2029/U+0085 and friends, which JSON allows unescaped
+_SSE_LINES = re.compile(r"\r\n|\r|\n")
+
+
 def sse_events(body: bytes) -> list[tuple[str | None, Any]]:
     """(event name, parsed data) of each SSE event; `data: [DONE]` is left out."""
     events: list[tuple[str | None, Any]] = []
@@ -222,7 +228,7 @@ def sse_events(body: bytes) -> list[tuple[str | None, Any]]:
                 raise ValueError(f"invalid JSON response: {detail}") from None
         name, data = None, []
 
-    for line in body.decode("utf-8", "replace").splitlines():
+    for line in _SSE_LINES.split(body.decode("utf-8", "replace")):
         if not line.strip():
             dispatch()
         elif line.startswith("data:"):
