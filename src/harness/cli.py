@@ -54,7 +54,7 @@ def _cell(value: object, max_chars: int) -> str:
 
 SHORT_NAMES = {
     "input_tokens": "in", "output_tokens": "out", "total_tokens": "total",
-    "cached_input_tokens": "cached in", "cache_write_input_tokens": "cache write in",
+    "cached_input_tokens": "cached in", "cache_write_input_tokens": "cache write",
     "reasoning_tokens": "reasoning",
     "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
     "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
@@ -67,6 +67,9 @@ def print_report(frame: pd.DataFrame, console: Console) -> None:
     print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
     usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
     print_frame(usage, "Token usage and latency", console, index=True)
+    if frame["reference_tool_calls"].notna().any():
+        print_frame(compare.tool_calls(frame), "Tool calls against the dataset's", console,
+                    index=True)
     errors = frame[frame["status"] != "ok"]
     if len(errors):
         print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",

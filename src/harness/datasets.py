@@ -63,6 +63,7 @@ class Turn:
     prefix: tuple[Message, ...] = field(repr=False)
     reference: str | None
     tools: tuple[Tool, ...] = field(default=(), repr=False)  # the schemas offered to the model
+    reference_tool_calls: tuple[ToolCall, ...] = field(default=(), repr=False)
 
     @property
     def prompt(self) -> str:
@@ -71,15 +72,18 @@ class Turn:
 
 
 def conversation_turns(conv: Conversation) -> list[Turn]:
-    """One Turn per user message; its reference is the last assistant text before the next one."""
+    """One Turn per user message; its reference is the last assistant text before the next one,
+    its `reference_tool_calls` those of the assistant message right after it."""
     msgs = conv.messages
     starts = conv.user_turns()
     ends = [*starts[1:], len(msgs)]
     turns = []
     for k, (i, end) in enumerate(zip(starts, ends, strict=True), 1):
         texts = [m.content for m in msgs[i + 1 : end] if m.role == "assistant" and m.content]
+        following = msgs[i + 1] if i + 1 < end else None  # a tool call there is the reference
+        calls = following.tool_calls if isinstance(following, AssistantMessage) else ()
         turns.append(Turn(conv.id, k, i, tuple(msgs[: i + 1]), texts[-1] if texts else None,
-                          conv.tools))
+                          conv.tools, calls))
     return turns
 
 

@@ -39,6 +39,7 @@ from .messages import (
 )
 from .providers import protocol_module
 from .providers._common import function_tools
+from .tools import calls_json
 
 TEXT_CHARS = 60
 CASSETTE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -488,7 +489,8 @@ def plan_import(paths: str | Path | Iterable[str | Path]) -> ImportPlan:
                 turn = turns[sum(m.role == "user" for m in ex.messages) - 1]
                 row = results.TurnResult.from_reply(
                     ex.reply, conversation_id=conv_id, turn=turn.turn, provider=ex.provider,
-                    prompt=turn.prompt, reference=turn.reference)
+                    prompt=turn.prompt, reference=turn.reference,
+                    reference_tool_calls=calls_json(turn.reference_tool_calls))
                 row.model = row.model or ex.model
                 row.http_status, row.latency_ms, row.attempts = ex.status, ex.latency_ms, 1
                 plan.rows.append(row)

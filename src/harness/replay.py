@@ -30,6 +30,7 @@ from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import PRESETS, Provider, ProviderConfigError
 from .results import TurnResult
+from .tools import calls_json
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -291,7 +292,8 @@ async def _replay_conversation(
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
                        "provider": provider.name, "prompt": turn.prompt,
-                       "reference": turn.reference}
+                       "reference": turn.reference,
+                       "reference_tool_calls": calls_json(turn.reference_tool_calls)}
                 prefix = _prefix(conversation, turns, turn.turn, own, run.history)
                 if isinstance(prefix, int):
                     emit(TurnResult(**row, status="skipped",

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .messages import Reply, Usage
+from .tools import calls_json, from_json, tool_call_match
 
 
 @dataclass
@@ -44,13 +45,15 @@ class TurnResult:
     attempts: int = 0
     response_id: str | None = None
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
+    reference_tool_calls: str | None = None  # the dataset's next assistant tool calls, JSON
+    tool_call_match: bool | None = None  # tool_calls == reference_tool_calls (see harness.tools)
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
         usage = reply.usage
-        tool_calls = (
-            json.dumps([c.model_dump() for c in reply.tool_calls]) if reply.tool_calls else None
-        )
+        tool_calls = calls_json(reply.tool_calls)
+        row["tool_call_match"] = tool_call_match(reply.tool_calls,
+                                                 from_json(row.get("reference_tool_calls")))
         return cls(
             **row,
             model=reply.model,
@@ -74,11 +77,13 @@ DTYPES: dict[str, str] = {
     "http_status": "Int64",
     "attempts": "Int64",
     "latency_ms": "Float64",
+    "tool_call_match": "boolean",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
-_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
+_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
+          "boolean": pa.bool_()}
 _PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
-           pa.float64(): pd.Float64Dtype()}
+           pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
@@ -104,7 +109,7 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
 
 
 # columns added after results files were first written: an older file reads with them NA
-ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw")
+ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match")
 
 
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -135,6 +140,9 @@ def _as_dtype(values: pd.Series, dtype: str):
         cleaned = [None if v is None else int(v) for v in cleaned]
     elif dtype == "Float64":
         cleaned = [None if v is None else float(v) for v in cleaned]
+    elif dtype == "boolean":
+        cleaned = [None if v is None else v if isinstance(v, bool) else str(v).lower() == "true"
+                   for v in cleaned]
     else:
         cleaned = [None if v is None else str(v) for v in cleaned]
     return pd.array(cleaned, dtype=dtype)
