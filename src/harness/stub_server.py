@@ -175,7 +175,7 @@ def tool_call_for(tools: tuple[Tool, ...], last_user: str, turn: int) -> ToolCal
 
 def _user_texts(path: str, body: dict) -> tuple[list[str], str]:
     """The user messages of a request and all of its text, per protocol."""
-    if _GEMINI.search(path):
+    if _GEMINI.match(path.split("?")[0]):
         contents = body.get("contents") or []
         texts = [[p.get("text", "") for p in c.get("parts") or [] if "text" in p]
                  for c in contents]

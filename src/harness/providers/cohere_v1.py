@@ -117,7 +117,7 @@ def _tool_messages(results: Any) -> list[Message]:
             text = outputs[0]["output"]  # what build_request sends
         else:
             text = json.dumps(outputs, ensure_ascii=False)
-        out.append(ToolMessage(content=text, name=dig(result, "call", "name")))
+        out.append(ToolMessage(content=text, name=dig(result, "call", "name") or None))
     return out
 
 

@@ -74,7 +74,10 @@ def _response_part(message: ToolMessage, names: Mapping[str, str]) -> dict[str, 
         value = json.loads(message.content)
     except ValueError:
         value = None
-    response = value if isinstance(value, dict) else {"content": message.content}
+    # a JSON object goes as it is; anything else (and an object that would read back as
+    # the wrapper) is wrapped, so that parse_request gives the same text back
+    wrapper = isinstance(value, dict) and list(value) == ["content"]
+    response = value if isinstance(value, dict) and not wrapper else {"content": message.content}
     name = message.name or names.get(message.tool_call_id or "", "")
     part: dict[str, Any] = {"name": name, "response": response}
     if message.tool_call_id is not None:
@@ -191,6 +194,9 @@ def _usage(usage: Any) -> Any:
 
 
 def _from_chunks(status: int, body: bytes, chunks: list[Any]) -> Reply:
+    if not any(isinstance(c, Mapping) and c.keys() & {"candidates", "promptFeedback", "error"}
+               for c in chunks):
+        raise ValueError(f"invalid JSON response: no 'candidates' in {str(chunks)[:200]}")
     text: list[str] = []
     calls: list[ToolCall] = []
     raw = usage = model = response_id = error = None
