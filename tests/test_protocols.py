@@ -356,3 +356,15 @@ def test_gemini_preset_and_url():
     assert streaming.url.endswith("/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
     assert "stream" not in json.dumps(streaming.build_body([]))
 
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_parse_params_inverts_build_request(protocol):
+    adapter = protocol_module(protocol)
+    params = {"max_tokens": 64, "temperature": 0.2, "top_p": 0.9, "stop": ["\n\n", "END"],
+              "seed": 42}
+    body = adapter.build_request([UserMessage(content="hi")], {"model": "m", **params})
+    expected = dict(params)
+    if protocol == "anthropic":  # Anthropic has no seed
+        del expected["seed"]
+    assert adapter.parse_params(json.loads(json.dumps(body))) == expected

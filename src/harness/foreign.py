@@ -409,17 +409,10 @@ def _fix_tool_ids(messages: list[Message]) -> list[Message]:
     return out
 
 
-PARAM_SKIP = frozenset({
-    "messages", "model", "stream", "stream_options", "system", "tools", "tool_choice",
-    "preamble", "chat_history", "message", "tool_results", "contents", "systemInstruction",
-    "system_instruction", "connectors",
-})
-
-
 def _metadata(file: str, chain: list[_Exchange], steps: list[dict[str, Any]]) -> dict[str, Any]:
     first = chain[0]
-    params = {k: v for k, v in first.body.items()
-              if k not in PARAM_SKIP and v is not None and not isinstance(v, dict | list)}
+    params = {k: v for k, v in protocol_module(first.protocol).parse_params(first.body).items()
+              if not isinstance(v, dict | list)}  # scalars: what a replay can send again
     meta: dict[str, Any] = {
         "source": file, "interactions": [ex.index for ex in chain],
         "provider": first.provider, "protocol": first.protocol, "model": first.model,

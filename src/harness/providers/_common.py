@@ -161,6 +161,15 @@ def object_list(body: Any, key: str = "messages") -> list[Mapping[str, Any]]:
     return items
 
 
+def request_params(body: Any, skip: Iterable[str], rename: Mapping[str, str] | None = None
+                   ) -> dict[str, Any]:
+    """A request body's params (what is not messages, tools, model or stream), keys renamed."""
+    if not isinstance(body, Mapping):
+        return {}
+    rename, skip = rename or {}, frozenset(skip)
+    return {rename.get(k, k): v for k, v in body.items() if k not in skip and v is not None}
+
+
 def function_tools(tools: Iterable[Tool]) -> list[dict[str, Any]]:
     """Tools in the OpenAI / Cohere v2 shape: `{"type": "function", "function": {...}}`."""
     return [{"type": "function", "function": {"name": t.name, "description": t.description,

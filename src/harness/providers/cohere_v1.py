@@ -35,6 +35,7 @@ from harness.providers._common import (
     make_usage,
     ndjson,
     passthrough,
+    request_params,
 )
 from harness.providers.cohere_v2 import FINISH_REASONS
 
@@ -156,6 +157,13 @@ def parse_request(body: Any) -> list[Message]:
     if isinstance(body.get("message"), str) and (body["message"] or not body.get("tool_results")):
         out.append(UserMessage(content=body["message"]))
     return out
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a v1 request body, as build_request takes them."""
+    return request_params(body, ("model", "message", "chat_history", "preamble", "stream",
+                                 "tools", "tool_results", "connectors"),
+                          {"stop_sequences": "stop"})
 
 
 def parse_tools(body: Any) -> tuple[Tool, ...]:

@@ -38,6 +38,7 @@ from harness.providers._common import (
     parts_text,
     passthrough,
     read_tools,
+    request_params,
     sse_events,
 )
 
@@ -95,6 +96,12 @@ def parse_request(body: Any) -> list[Message]:
         else:
             raise ValueError(f"messages item {n}: unknown role {role!r}")
     return out
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a v2 request body, as build_request takes them."""
+    return request_params(body, ("model", "messages", "stream", "tools", "tool_choice"),
+                          {"stop_sequences": "stop"})
 
 
 def parse_tools(body: Any) -> tuple[Tool, ...]:

@@ -170,6 +170,18 @@ def parse_request(body: Any) -> list[Message]:
     return out
 
 
+PARAMS = {v: k for k, v in CONFIG.items()}
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a request (its `generationConfig`), as build_request takes them."""
+    config = dig(body, "generationConfig") or dig(body, "generation_config") or {}
+    params = {PARAMS.get(k, k): v for k, v in config.items() if v is not None}
+    if isinstance(params.get("stop"), list) and len(params["stop"]) == 1:
+        params["stop"] = params["stop"][0]
+    return params
+
+
 def parse_tools(body: Any) -> tuple[Tool, ...]:
     """The function declarations a request body offers."""
     out = []

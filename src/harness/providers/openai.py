@@ -40,6 +40,7 @@ from harness.providers._common import (
     parts_text,
     passthrough,
     read_tools,
+    request_params,
     sse_events,
 )
 
@@ -97,6 +98,15 @@ def parse_request(body: Any) -> list[Message]:
         else:
             raise ValueError(f"messages item {n}: unknown role {role!r}")
     return out
+
+
+NOT_PARAMS = ("model", "messages", "stream", "stream_options", "tools", "tool_choice",
+              "functions", "function_call")
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a request body, as build_request takes them."""
+    return request_params(body, NOT_PARAMS)
 
 
 def parse_tools(body: Any) -> tuple[Tool, ...]:
