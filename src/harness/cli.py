@@ -185,9 +185,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_serve_local(args: argparse.Namespace) -> int:
-    from .local import serve
+    from .local import _model, serve
 
-    return serve(args.model, args.port, args.threads, args.ctx_size, parallel=args.parallel)
+    if args.bridge_port is None:
+        return serve(args.model, args.port, args.threads, args.ctx_size, parallel=args.parallel)
+    from .bridge import Bridge
+
+    port = _model(args.model).default_port if args.port is None else args.port
+    with Bridge(f"http://127.0.0.1:{port}/v1", args.bridge_port) as bridge:
+        print(f"bridge (Cohere v1 /v1/chat, Cohere v2 /v2/chat, Gemini /v1beta) at {bridge.base_url}",
+              flush=True)
+        return serve(args.model, port, args.threads, args.ctx_size, parallel=args.parallel)
 
 
 # --- inspect and import: other tools' cassettes ------------------------------------------------
@@ -362,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ctx-size", type=int, default=4096, help="context tokens per slot")
     p.add_argument("--parallel", type=int, default=1, help="request slots served at once")
+    p.add_argument("--bridge-port", type=int, metavar="PORT",
+                   help="also answer Cohere v1/v2 and Gemini on this port, from the same model")
     p.set_defaults(func=cmd_serve_local)
 
     p = sub.add_parser("serve-stub", help="run the deterministic stub server on 127.0.0.1")

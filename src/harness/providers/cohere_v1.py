@@ -189,6 +189,23 @@ def parse_tools(body: Any) -> tuple[Tool, ...]:
     return tuple(out)
 
 
+V1_FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "COMPLETE",
+             "content_filter": "ERROR_TOXIC", "error": "ERROR", "other": "COMPLETE"}
+
+
+def build_response(reply: Reply, model: str | None = None) -> dict:
+    """A v1 chat response body saying what `reply` says (the local bridge answers with it)."""
+    tokens = {k: v for k, v in (("input_tokens", reply.usage.input_tokens),
+                                ("output_tokens", reply.usage.output_tokens)) if v is not None}
+    body: dict[str, Any] = {"response_id": reply.response_id or "", "text": reply.text,
+                            "finish_reason": V1_FINISH[reply.finish_reason],
+                            "meta": {"api_version": {"version": "1"}, "tokens": tokens}}
+    if reply.tool_calls:
+        body["tool_calls"] = [{"name": c.name, "parameters": arguments_object(c)}
+                              for c in reply.tool_calls]
+    return body
+
+
 def _from_response(status: int, body: bytes, data: Any, finish: Any = None) -> Reply:
     if not isinstance(data, Mapping) or not ("text" in data or "finish_reason" in data):
         if isinstance(data, Mapping) and ("message" in data or "error" in data):

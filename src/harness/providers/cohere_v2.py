@@ -131,6 +131,24 @@ def _error(source: Any) -> str | None:
     return f"{kind}: {message}" if isinstance(kind, str) else message
 
 
+V2_FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL",
+             "content_filter": "ERROR_TOXIC", "error": "ERROR", "other": "COMPLETE"}
+
+
+def build_response(reply: Reply, model: str | None = None) -> dict:
+    """A v2 chat response body saying what `reply` says (the local bridge answers with it)."""
+    message: dict[str, Any] = {"role": "assistant"}
+    if reply.tool_calls:
+        message.update({k: v for k, v in _message(AssistantMessage(
+            content=reply.text, tool_calls=tuple(reply.tool_calls))).items() if k != "role"})
+    else:
+        message["content"] = [{"type": "text", "text": reply.text}]
+    tokens = {k: v for k, v in (("input_tokens", reply.usage.input_tokens),
+                                ("output_tokens", reply.usage.output_tokens)) if v is not None}
+    return {"id": reply.response_id or "", "finish_reason": V2_FINISH[reply.finish_reason],
+            "message": message, "usage": {"tokens": tokens}}
+
+
 def _from_message(status: int, body: bytes, data: Any) -> Reply:
     if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
         if isinstance(data, Mapping) and ("message" in data or "error" in data):

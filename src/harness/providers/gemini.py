@@ -205,6 +205,28 @@ def _usage(usage: Any) -> Any:
                       raw=dict(usage) if isinstance(usage, Mapping) else None)
 
 
+GEMINI_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP",
+                 "content_filter": "SAFETY", "error": "OTHER", "other": "OTHER"}
+
+
+def build_response(reply: Reply, model: str | None = None) -> dict:
+    """A generateContent response body saying what `reply` says (the local bridge's answer)."""
+    parts: list[dict[str, Any]] = [{"text": reply.text}] if reply.text or not reply.tool_calls else []
+    parts += [{"functionCall": {**({"id": c.id} if c.id else {}), "name": c.name,
+                                "args": arguments_object(c)}} for c in reply.tool_calls]
+    usage = reply.usage
+    meta = {k: v for k, v in (("promptTokenCount", usage.input_tokens),
+                              ("candidatesTokenCount", usage.output_tokens),
+                              ("totalTokenCount", usage.total_tokens)) if v is not None}
+    body: dict[str, Any] = {
+        "candidates": [{"content": {"role": "model", "parts": parts},
+                        "finishReason": GEMINI_FINISH[reply.finish_reason], "index": 0}],
+        "usageMetadata": meta, "modelVersion": reply.model or model or ""}
+    if reply.response_id:
+        body["responseId"] = reply.response_id
+    return body
+
+
 def _from_chunks(status: int, body: bytes, chunks: list[Any]) -> Reply:
     if not any(isinstance(c, Mapping) and c.keys() & {"candidates", "promptFeedback", "error"}
                for c in chunks):
