@@ -52,8 +52,9 @@ class TurnResult:
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
         usage = reply.usage
         tool_calls = calls_json(reply.tool_calls)
-        row["tool_call_match"] = tool_call_match(reply.tool_calls,
-                                                 from_json(row.get("reference_tool_calls")))
+        if row.get("reference_tool_calls"):
+            row["tool_call_match"] = tool_call_match(reply.tool_calls,
+                                                     from_json(row["reference_tool_calls"]))
         return cls(
             **row,
             model=reply.model,

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
+import orjson
+
 from harness.messages import Reply, Tool, ToolCall, Usage
 
 SNIPPET = 200
@@ -63,7 +65,10 @@ def raw_json(value: Any) -> str | None:
     """A provider's usage object as compact JSON text (None when it sent none)."""
     if value is None or value == {}:
         return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:  # on every replayed turn: orjson is ten times faster and writes the same compact JSON
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def add_counts(*values: Any) -> int | None:

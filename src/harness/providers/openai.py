@@ -129,18 +129,22 @@ def content_text(content: Any) -> str:
 def _usage(usage: Any) -> Usage:
     if not isinstance(usage, Mapping):
         return Usage()
-    n_in = usage.get("prompt_tokens", usage.get("input_tokens"))
-    n_out = usage.get("completion_tokens", usage.get("output_tokens"))
-    prompt = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    completion = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
-    cached = dig(prompt, "cached_tokens")
-    written = dig(prompt, "cache_write_tokens")
+    get = usage.get
+    n_in = get("prompt_tokens")
+    n_out = get("completion_tokens")
+    if n_in is None and n_out is None:  # AssemblyAI's LLM Gateway
+        n_in, n_out = get("input_tokens"), get("output_tokens")
+    prompt = get("prompt_tokens_details") or get("input_tokens_details") or {}
+    completion = get("completion_tokens_details") or get("output_tokens_details") or {}
+    cached = prompt.get("cached_tokens") if type(prompt) is dict else None
+    written = prompt.get("cache_write_tokens") if type(prompt) is dict else None
     return make_usage(
-        n_in, n_out, usage.get("total_tokens"),
-        cached_input_tokens=cached if cached is not None else usage.get("cached_tokens"),
-        cache_write_input_tokens=(written if written is not None
-                                  else usage.get("cache_creation_input_tokens")),
-        reasoning_tokens=dig(completion, "reasoning_tokens"), raw=dict(usage),
+        n_in, n_out, get("total_tokens"),
+        cached_input_tokens=cached if cached is not None else get("cached_tokens"),
+        cache_write_input_tokens=written if written is not None else get(
+            "cache_creation_input_tokens"),
+        reasoning_tokens=completion.get("reasoning_tokens") if type(completion) is dict else None,
+        raw=usage,
     )
 
 
