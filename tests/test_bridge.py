@@ -30,7 +30,8 @@ def bridged(base_url: str, model: str, max_tokens: int = 40) -> list[Provider]:
 @pytest.mark.parametrize("adapter", [cohere_v1, cohere_v2, gemini],
                          ids=["cohere_v1", "cohere_v2", "gemini"])
 @pytest.mark.parametrize("reply", [
-    Reply(text="Hello there.", finish_reason="stop", usage=Usage(5, 3, 8), response_id="r1"),
+    Reply(text="Hello there.", finish_reason="stop", usage=Usage(5, 3, 8, cached_input_tokens=0),
+          response_id="r1"),
     Reply(text="Cut", finish_reason="length", usage=Usage(5, 40, 45), response_id="r2"),
     Reply(finish_reason="tool_calls", usage=Usage(9, 4, 13), response_id="r3",
           tool_calls=[ToolCall(id="c1", name="lookup", arguments='{"q": "x"}')]),
@@ -40,8 +41,8 @@ def test_build_response_is_read_back_by_parse_response(adapter, reply):
     body = json.dumps(adapter.build_response(reply, "m")).encode()
     back = adapter.parse_response(200, {}, body)
     assert (back.text, back.finish_reason) == (reply.text, reply.finish_reason)
-    assert (back.usage.input_tokens, back.usage.output_tokens, back.usage.total_tokens) == (
-        reply.usage.input_tokens, reply.usage.output_tokens, reply.usage.total_tokens)
+    fields = ("input_tokens", "output_tokens", "total_tokens", "cached_input_tokens")
+    assert [getattr(back.usage, f) for f in fields] == [getattr(reply.usage, f) for f in fields]
     assert [(c.name, json.loads(c.arguments)) for c in back.tool_calls] == [
         (c.name, json.loads(c.arguments)) for c in reply.tool_calls]
 

@@ -197,9 +197,11 @@ def build_response(reply: Reply, model: str | None = None) -> dict:
     """A v1 chat response body saying what `reply` says (the local bridge answers with it)."""
     tokens = {k: v for k, v in (("input_tokens", reply.usage.input_tokens),
                                 ("output_tokens", reply.usage.output_tokens)) if v is not None}
+    meta: dict[str, Any] = {"api_version": {"version": "1"}, "tokens": tokens}
+    if reply.usage.cached_input_tokens is not None:
+        meta["cached_tokens"] = reply.usage.cached_input_tokens
     body: dict[str, Any] = {"response_id": reply.response_id or "", "text": reply.text,
-                            "finish_reason": V1_FINISH[reply.finish_reason],
-                            "meta": {"api_version": {"version": "1"}, "tokens": tokens}}
+                            "finish_reason": V1_FINISH[reply.finish_reason], "meta": meta}
     if reply.tool_calls:
         body["tool_calls"] = [{"name": c.name, "parameters": arguments_object(c)}
                               for c in reply.tool_calls]

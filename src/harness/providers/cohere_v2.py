@@ -145,8 +145,11 @@ def build_response(reply: Reply, model: str | None = None) -> dict:
         message["content"] = [{"type": "text", "text": reply.text}]
     tokens = {k: v for k, v in (("input_tokens", reply.usage.input_tokens),
                                 ("output_tokens", reply.usage.output_tokens)) if v is not None}
+    usage: dict[str, Any] = {"tokens": tokens}
+    if reply.usage.cached_input_tokens is not None:
+        usage["cached_tokens"] = reply.usage.cached_input_tokens
     return {"id": reply.response_id or "", "finish_reason": V2_FINISH[reply.finish_reason],
-            "message": message, "usage": {"tokens": tokens}}
+            "message": message, "usage": usage}
 
 
 def _from_message(status: int, body: bytes, data: Any) -> Reply:

@@ -216,6 +216,7 @@ def build_response(reply: Reply, model: str | None = None) -> dict:
                                 "args": arguments_object(c)}} for c in reply.tool_calls]
     usage = reply.usage
     meta = {k: v for k, v in (("promptTokenCount", usage.input_tokens),
+                              ("cachedContentTokenCount", usage.cached_input_tokens),
                               ("candidatesTokenCount", usage.output_tokens),
                               ("totalTokenCount", usage.total_tokens)) if v is not None}
     body: dict[str, Any] = {
