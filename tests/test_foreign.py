@@ -674,3 +674,40 @@ def test_importing_harness_recordings_gives_back_the_run(stub, small_dataset, tm
         run = run.sort_values(["conversation_id", "turn"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(mine[compared], run[compared])
         assert set(mine["provider"]) == {"local"}
+
+
+# file: per interaction (cache_write, reasoning, billed in, billed out), read by hand from the
+# files' usage objects (Anthropic's cache_creation_input_tokens, OpenAI-style
+# completion_tokens_details.reasoning_tokens, Gemini's thoughtsTokenCount, Cohere billed_units)
+NEW_COLUMNS: dict[str, list[tuple]] = {
+    "anthropic/mirascope-anthropic_max_tokens.yaml": [(0, NA, NA, NA)],
+    "anthropic/pai-anthropic_parallel_tool_calls_parsed_body.yaml": [(0, NA, NA, NA)] * 2,
+    "cohere_v1/langtrace-cohere_v1_chat_history.yaml": [(NA, NA, 31, 69)],
+    "cohere_v1/oll-cohere_v1_chat_deprecation_warning.yaml": [(NA, NA, 7, 80)],
+    "cohere_v2/lc-cohere_reasoning_tool_call_gzip.yaml": [(NA, NA, 80, 301)],
+    "cohere_v2/lc-cohere_sql_agent_stream_finish_error.yaml": [(NA, NA, NA, NA)] * 2,
+    "gemini/mirascope-gemini_max_tokens.yaml": [(NA, 38, NA, NA)],
+    "groq/pai-groq_tool_use_failed_400_parsed_body.yaml": [(NA, NA, NA, NA), (NA, 22, NA, NA),
+                                                           (NA, 59, NA, NA)],
+    "openai/mirascope-openai_max_tokens_length.yaml": [(NA, 0, NA, NA)],
+    "openrouter/mirascope-openrouter_chat_gzip.yaml": [(NA, 0, NA, NA)],
+    "together/oll-together_chat_finish_eos.yaml": [(NA, NA, NA, NA)],
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_COLUMNS))
+def test_inspect_new_usage_columns_read_by_hand(table, name):
+    rows = table[table["file"].str.endswith(name)].to_dict("records")
+    got = [tuple(cell(r[c]) for c in ("cache_write_tokens", "reasoning_tokens",
+                                      "billed_input_tokens", "billed_output_tokens")) for r in rows]
+    assert got == NEW_COLUMNS[name]
+    for r in rows:
+        if cell(r["usage_raw"]) is None:
+            assert cell(r["input_tokens"]) is None
+            continue
+        raw = json.loads(r["usage_raw"])
+        if name.startswith("anthropic/"):  # input is every prompt token, cache included
+            assert r["input_tokens"] == (raw["input_tokens"] + raw["cache_read_input_tokens"]
+                                         + raw["cache_creation_input_tokens"])
+        assert r["total_tokens"] == r["input_tokens"] + r["output_tokens"]
+        assert cell(r["response_id"]) is not None
