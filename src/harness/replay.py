@@ -46,6 +46,7 @@ from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
+from .tools import calls_json
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -330,7 +331,8 @@ async def _replay_conversation(
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
                        "provider": provider.name, "prompt": turn.prompt,
-                       "reference": turn.reference}
+                       "reference": turn.reference,
+                       "reference_tool_calls": calls_json(turn.reference_tool_calls)}
                 prefix = _prefix(conversation, turns, turn.turn, own, run.history)
                 if isinstance(prefix, int):
                     emit(TurnResult(**row, status="skipped",
@@ -338,7 +340,7 @@ async def _replay_conversation(
                                           f"from the {run.history} history"))
                     continue
                 try:
-                    body = provider.build_body(prefix, run.params)
+                    body = provider.build_body(prefix, run.params, turn.tools)
                 except ValueError as exc:  # a prompt this protocol cannot express
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .messages import Reply, Usage
+from .tools import calls_json, from_json, tool_call_match
 
 
 @dataclass
@@ -34,9 +35,11 @@ class TurnResult:
     output_tokens: int | None = None
     total_tokens: int | None = None
     cached_input_tokens: int | None = None
+    cache_write_input_tokens: int | None = None
     reasoning_tokens: int | None = None
     billed_input_tokens: int | None = None
     billed_output_tokens: int | None = None
+    usage_raw: str | None = None  # the provider's own usage object, JSON text
     latency_ms: float | None = None
     status: str = "ok"          # ok | error | skipped
     http_status: int | None = None
@@ -44,13 +47,16 @@ class TurnResult:
     attempts: int = 0
     response_id: str | None = None
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
+    reference_tool_calls: str | None = None  # the dataset's next assistant tool calls, JSON
+    tool_call_match: bool | None = None  # tool_calls == reference_tool_calls (see harness.tools)
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
         usage = reply.usage
-        tool_calls = (
-            json.dumps([c.model_dump() for c in reply.tool_calls]) if reply.tool_calls else None
-        )
+        tool_calls = calls_json(reply.tool_calls)
+        if row.get("reference_tool_calls"):
+            row["tool_call_match"] = tool_call_match(reply.tool_calls,
+                                                     from_json(row["reference_tool_calls"]))
         return cls(
             **row,
             model=reply.model,
@@ -66,7 +72,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
-TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "usage_raw")
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
     **{c: "Int64" for c in TOKEN_COLUMNS},
@@ -74,11 +80,13 @@ DTYPES: dict[str, str] = {
     "http_status": "Int64",
     "attempts": "Int64",
     "latency_ms": "Float64",
+    "tool_call_match": "boolean",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
-_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
+_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
+          "boolean": pa.bool_()}
 _PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
-           pa.float64(): pd.Float64Dtype()}
+           pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
@@ -103,8 +111,13 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
     return frame.reset_index(drop=True)
 
 
+# columns added after results files were first written: an older file reads with them NA
+ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match")
+
+
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     """Coerce any frame with the result columns onto the documented dtypes."""
+    frame = frame.assign(**{c: None for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
@@ -130,6 +143,9 @@ def _as_dtype(values: pd.Series, dtype: str):
         cleaned = [None if v is None else int(v) for v in cleaned]
     elif dtype == "Float64":
         cleaned = [None if v is None else float(v) for v in cleaned]
+    elif dtype == "boolean":
+        cleaned = [None if v is None else v if isinstance(v, bool) else str(v).lower() == "true"
+                   for v in cleaned]
     else:
         cleaned = [None if v is None else str(v) for v in cleaned]
     return pd.array(cleaned, dtype=dtype)
