@@ -15,7 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from . import compare, results
+from . import compare, costs, results
 from .cassettes import RECORD_MODES, CassetteError, MissingRecording
 from .datasets import DatasetError, load_dataset
 from .foreign import add_commands as add_foreign_commands
@@ -58,11 +58,13 @@ SHORT_NAMES = {
     "cached_input_tokens": "cached in", "reasoning_tokens": "reasoning",
     "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
     "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
+    "cost_usd": "$ total", "cost_per_turn_usd": "$/turn", "cost_per_1k_turns_usd": "$/1k turns",
 }
 
 
-def print_report(frame: pd.DataFrame, console: Console) -> None:
-    """The comparison tables of one run."""
+def print_report(frame: pd.DataFrame, console: Console,
+                 providers: dict[str, Provider] | None = None) -> None:
+    """The comparison tables of one run, then why any cost is $0 or NA."""
     print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
     print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
     usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
@@ -72,6 +74,8 @@ def print_report(frame: pd.DataFrame, console: Console) -> None:
         print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
                             "attempts", "error"]], "Errors and skipped turns", console,
                     max_chars=100)
+    for line in costs.unpriced_summary(frame, providers):
+        console.print(line, highlight=False)
 
 
 def _user_providers(path: str | None) -> dict[str, Provider]:
@@ -111,7 +115,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
         concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
     )
-    print_report(frame, console)
+    print_report(frame, console, {p.name: p for p in providers})
     if args.out:
         path = results.save(frame, args.out)
         console.print(f"wrote {len(frame)} rows to {path}")
@@ -119,7 +123,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print_report(results.load(args.results), _console())
+    print_report(results.load(args.results), _console(), _user_providers(args.providers_file))
     return 0
 
 
@@ -229,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("compare", help="print the comparison tables of a results file")
+    p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
     p.add_argument("results")
     p.set_defaults(func=cmd_compare)
 

@@ -6,6 +6,7 @@ from difflib import SequenceMatcher
 
 import pandas as pd
 
+from .costs import cost_table
 from .messages import FINISH_REASONS
 from .results import SORT_KEY, TOKEN_COLUMNS
 
@@ -32,7 +33,11 @@ def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def usage(results: pd.DataFrame) -> pd.DataFrame:
-    """Per provider: turns, errors, token sums and means, latency p50/p95."""
+    """Per provider: turns, errors, token sums and means, latency p50/p95, dollars.
+
+    `cost_usd` is the sum over answered turns, `cost_per_turn_usd` and
+    `cost_per_1k_turns_usd` its mean per answered turn; NA when a model has no price.
+    """
     groups = results.groupby("provider", sort=False)
     table = pd.DataFrame({
         "turns": groups.size(),
@@ -49,6 +54,8 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     table["latency_p50_ms"] = latency.quantile(0.5).round(1)
     table["latency_p95_ms"] = latency.quantile(0.95).round(1)
     table["retries"] = groups["attempts"].apply(lambda s: int((s.fillna(1) - 1).clip(lower=0).sum()))
+    if "cost_usd" in results:
+        table = table.join(cost_table(results))
     table.index.name = "provider"
     return table
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import results as results_mod
 from .cassettes import Cassette, MissingRecording, RecordedHeaders, RecordMode, cassette_path
+from .costs import add_costs
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import PRESETS, Provider, ProviderConfigError
@@ -406,7 +407,8 @@ async def replay_async(
         bar.close()
         if log is not None:
             log.close()
-    frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
+    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
+                      {p.name: p for p in run.providers})
     if log is not None:
         log.close(remove=True)
     return frame

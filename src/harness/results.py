@@ -42,6 +42,7 @@ class TurnResult:
     attempts: int = 0
     response_id: str | None = None
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
+    cost_usd: float | None = None  # filled in by harness.costs
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
@@ -72,6 +73,7 @@ DTYPES: dict[str, str] = {
     "http_status": "Int64",
     "attempts": "Int64",
     "latency_ms": "Float64",
+    "cost_usd": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
 _ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
@@ -185,10 +187,19 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow/parser errors have no common base
         raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    priced = "cost_usd" in frame.columns
+    if not priced:  # written before harness priced rows
+        frame = frame.assign(cost_usd=None)
+    extra = [c for c in frame.columns if c not in COLUMNS]  # e.g. score columns
     try:
-        return normalize(frame)
+        out = normalize(frame)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    if not priced:
+        from .costs import add_costs
+
+        out = add_costs(out)
+    return out.join(frame[extra]) if extra else out
 
 
 class Journal:
