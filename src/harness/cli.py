@@ -15,7 +15,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from . import compare, costs, results
+from . import compare, costs, results, scores
 from .cassettes import RECORD_MODES, CassetteError, MissingRecording
 from .datasets import DatasetError, load_dataset
 from .foreign import add_commands as add_foreign_commands
@@ -124,6 +124,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     print_report(results.load(args.results), _console(), _user_providers(args.providers_file))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.out:
+        results.check_format(args.out)
+        if Path(args.out).resolve() == Path(args.results).resolve():
+            raise UsageError(f"--out {args.out} is the input: write the scores to a new file")
+    chosen = [scores.scorer(s) for s in (args.scorer or scores.DEFAULT_SCORERS)]
+    frame = scores.score(results.load(args.results), chosen)
+    columns = [s.name for s in chosen]
+    console = _console()
+    print_frame(compare.score_table(frame, columns),
+                "Scores, mean per provider (pass/fail scores as the share passed)", console,
+                index=True)
+    if args.out:
+        path = results.save(frame, args.out)
+        console.print(f"wrote {len(frame)} rows with {', '.join(columns)} to {path}")
     return 0
 
 
@@ -236,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
     p.add_argument("results")
     p.set_defaults(func=cmd_compare)
+
+    p = with_common(sub.add_parser("score", help="score replies against the reference"))
+    p.add_argument("results")
+    p.add_argument("--scorer", "-s", action="append", metavar="NAME",
+                   help="exact, contains, regex, regex:PATTERN, similarity, rouge_l, chrf "
+                        f"(repeatable; default: {', '.join(scores.DEFAULT_SCORERS)})")
+    p.add_argument("--out", "-o", metavar="FILE", help="write the scored rows (.parquet, ...)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
     p.add_argument("baseline")
