@@ -123,7 +123,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print_report(results.load(args.results), _console(), _user_providers(args.providers_file))
+    frame = results.load(args.results)
+    if args.metric:
+        return _print_significance(frame, args.metric, args.seed)
+    print_report(frame, _console(), _user_providers(args.providers_file))
+    return 0
+
+
+def _print_significance(frame: pd.DataFrame, metric: str, seed: int) -> int:
+    """`compare --metric`: intervals per provider and per pair, and what they mean."""
+    out = compare.significance(frame, metric, seed=seed)
+    console = _console()
+    print_frame(out["providers"].round(4), f"{metric}: mean per provider, 95% bootstrap interval "
+                "(resampling conversations)", console, index=True)
+    pairs = out["pairs"].drop(columns="sentence").round(4)
+    print_frame(pairs, f"{metric}: paired difference b - a, 95% bootstrap interval", console)
+    if "strengths" in out:
+        print_frame(out["strengths"].round(4), f"{metric}: Bradley-Terry strengths from per-turn "
+                    "wins", console, index=True)
+    for sentence in out["pairs"]["sentence"]:
+        console.print(sentence, highlight=False)
     return 0
 
 
@@ -132,17 +151,53 @@ def cmd_score(args: argparse.Namespace) -> int:
         results.check_format(args.out)
         if Path(args.out).resolve() == Path(args.results).resolve():
             raise UsageError(f"--out {args.out} is the input: write the scores to a new file")
+    if args.pairwise and not args.judge:
+        raise UsageError("--pairwise needs --judge PROVIDER")
     chosen = [scores.scorer(s) for s in (args.scorer or scores.DEFAULT_SCORERS)]
     frame = scores.score(results.load(args.results), chosen)
     columns = [s.name for s in chosen]
     console = _console()
+    pairs = []
+    if args.judge:
+        pairs = _judge(args, frame)
+        frame = pairs.pop(0)
+        columns.append(f"judge_{args.judge}")
     print_frame(compare.score_table(frame, columns),
                 "Scores, mean per provider (pass/fail scores as the share passed)", console,
                 index=True)
+    for table in pairs:
+        a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+        counts = table["winner"].value_counts().rename_axis("winner").rename("turns")
+        print_frame(counts.to_frame(), f"{args.judge} judges {a} vs {b} (both orders)", console,
+                    index=True)
     if args.out:
         path = results.save(frame, args.out)
         console.print(f"wrote {len(frame)} rows with {', '.join(columns)} to {path}")
+        for table in pairs:
+            a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+            out = Path(args.out)
+            pair_path = results.save(table, out.with_name(f"{out.stem}.pairwise-{a}-{b}{out.suffix}"))
+            console.print(f"wrote {len(table)} pairwise verdicts to {pair_path}")
     return 0
+
+
+def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """The scored frame with the judge's ratings, then one pairwise table per --pairwise."""
+    from . import judge
+
+    (provider,) = resolve([args.judge], _user_providers(args.providers_file))
+    known = set(frame["provider"])
+    pairs = [tuple(p.split(",")) for p in args.pairwise or []]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= known:
+            raise UsageError(f"--pairwise {','.join(pair)}: expected A,B, two providers of "
+                             f"{args.results} (known: {', '.join(sorted(known))})")
+    params = {"max_tokens": args.judge_max_tokens} if args.judge_max_tokens else {}
+    dataset = args.dataset or Path(args.results).stem
+    with judge.Judge(provider, dataset, cassette_dir=args.cassettes,
+                     record_mode=args.record_mode, params=params) as j:
+        graded = judge.grade(frame, j, args.judged or None)
+        return [graded, *(judge.pairwise(frame, j, a, b) for a, b in pairs)]
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -253,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
     p.add_argument("results")
+    p.add_argument("--metric", "-m", metavar="COLUMN",
+                   help="instead, is the difference between providers on this score real? "
+                        "(bootstrap intervals by conversation, paired; McNemar for pass/fail)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=cmd_compare)
 
     p = with_common(sub.add_parser("score", help="score replies against the reference"))
@@ -260,7 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", "-s", action="append", metavar="NAME",
                    help="exact, contains, regex, regex:PATTERN, similarity, rouge_l, chrf "
                         f"(repeatable; default: {', '.join(scores.DEFAULT_SCORERS)})")
-    p.add_argument("--out", "-o", metavar="FILE", help="write the scored rows (.parquet, ...)")
+    p.add_argument("--out", "-o", metavar="FILE",
+                   help="write the scored rows (.parquet, ...); pairwise verdicts go beside it")
+    p.add_argument("--judge", metavar="PROVIDER",
+                   help="also grade each reply 1-10 with this provider (MT-Bench single-answer)")
+    p.add_argument("--judged", action="append", metavar="PROVIDER",
+                   help="only grade these providers' replies (repeatable; default: all)")
+    p.add_argument("--pairwise", action="append", metavar="A,B",
+                   help="judge A against B, both orders (repeatable; needs --judge)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="judge cassettes go to CASSETTES/NAME/judge-PROVIDER/ "
+                        "(default: the results file's stem)")
+    p.add_argument("--record-mode", choices=RECORD_MODES, default="none",
+                   help="for the judge's calls, as in replay (default none: offline)")
+    p.add_argument("--judge-max-tokens", type=int, metavar="N",
+                   help="the judge's max_tokens (default 512)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
