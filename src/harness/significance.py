@@ -156,17 +156,17 @@ def _wins(wide: pd.DataFrame, codes: np.ndarray, n: int) -> np.ndarray:
     return wins
 
 
-def _fit(wins: np.ndarray, iterations: int = 500) -> np.ndarray:
+def _fit(wins: np.ndarray, start: np.ndarray | None = None, iterations: int = 1000) -> np.ndarray:
     """Bradley-Terry strengths by Hunter's MM algorithm, normalized to sum to 1."""
     k = wins.shape[0]
     wins = wins + 0.1 * (1 - np.eye(k))  # a tenth of a win each way keeps a winless one finite
     games = wins + wins.T
     total = wins.sum(axis=1)
-    strength = np.ones(k) / k
+    strength = np.ones(k) / k if start is None else start
     for _ in range(iterations):
         new = total / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
         new /= new.sum()
-        if np.allclose(new, strength, rtol=0, atol=1e-10):
+        if np.abs(new - strength).max() < 1e-7:
             return new
         strength = new
     return strength
@@ -180,7 +180,8 @@ def bradley_terry(wide: pd.DataFrame, conversations: pd.Index, *, n_boot: int = 
     per_conversation = _wins(wide, codes, n)
     strength = _fit(per_conversation.sum(axis=0))
     draws = np.array([_fit(np.tensordot(np.bincount(rng.integers(0, n, n), minlength=n),
-                                        per_conversation, axes=1)) for _ in range(n_boot)])
+                                        per_conversation, axes=1), strength)
+                      for _ in range(n_boot)])
     alpha = (1 - confidence) / 2
     low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0)
     table = pd.DataFrame({"strength": strength, "low": low, "high": high}, index=wide.columns)
