@@ -122,3 +122,27 @@ def test_local_model_as_judge_records_then_replays(tmp_path):
         assert judge.grade(frame, offline).equals(graded)
         assert judge.pairwise(frame, offline, "p", "q").equals(pairs)
     assert len(pairs) == 2 and pairs["judgment_first"].str.len().gt(0).all()
+
+
+def test_cli_judge_records_then_replays_offline(tmp_path, capsys):
+    from harness.cli import main
+
+    frame = results.to_frame(answered("p", DIALOGUE) + answered("q", DIALOGUE))
+    path = results.save(frame, tmp_path / "run.parquet")
+    with StubServer() as stub:
+        toml = tmp_path / "judges.toml"
+        toml.write_text(f'[providers.stub-judge]\nprotocol = "openai"\n'
+                        f'base_url = "{stub.base_url}/v1"\nmodel = "stub-gpt"\n')
+        common = ["score", str(path), "-s", "exact", "--providers-file", str(toml),
+                  "--cassettes", str(tmp_path / "cassettes"), "--judge", "stub-judge",
+                  "--pairwise", "p,q"]
+        assert main([*common, "--record-mode", "once", "--out", str(tmp_path / "live.parquet")]) == 0
+    assert (tmp_path / "cassettes" / "run" / "judge-stub-judge" / "c2.yaml").exists()
+    assert main([*common, "--out", str(tmp_path / "offline.parquet")]) == 0  # server stopped
+    live, offline = results.load(tmp_path / "live.parquet"), results.load(tmp_path / "offline.parquet")
+    assert offline.equals(live) and offline["judge_stub-judge"].notna().any()
+    pairs = pd.read_parquet(tmp_path / "offline.pairwise-p-q.parquet")
+    assert pairs.equals(pd.read_parquet(tmp_path / "live.pairwise-p-q.parquet"))
+    assert "inconsistent" in set(pairs["winner"])
+    assert main([*common[:-2], "--pairwise", "p,zz", "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "--pairwise p,zz" in capsys.readouterr().err

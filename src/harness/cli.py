@@ -87,7 +87,10 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
 
 def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
     folder = cassette_dir / dataset_name
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    # judge-<provider>/ folders hold a judge's calls (harness score --judge), not a provider's
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("judge-"))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -170,6 +173,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         counts = table["winner"].value_counts().rename_axis("winner").rename("turns")
         print_frame(counts.to_frame(), f"{args.judge} judges {a} vs {b} (both orders)", console,
                     index=True)
+        from .significance import win_rates
+
+        for sentence in win_rates(table)["sentence"]:
+            console.print(sentence, highlight=False)
     if args.out:
         path = results.save(frame, args.out)
         console.print(f"wrote {len(frame)} rows with {', '.join(columns)} to {path}")
@@ -194,10 +201,14 @@ def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
                              f"{args.results} (known: {', '.join(sorted(known))})")
     params = {"max_tokens": args.judge_max_tokens} if args.judge_max_tokens else {}
     dataset = args.dataset or Path(args.results).stem
+    judged = frame if not args.conversation else frame[frame["conversation_id"].isin(args.conversation)]
     with judge.Judge(provider, dataset, cassette_dir=args.cassettes,
                      record_mode=args.record_mode, params=params) as j:
-        graded = judge.grade(frame, j, args.judged or None)
-        return [graded, *(judge.pairwise(frame, j, a, b) for a, b in pairs)]
+        graded = judge.grade(judged, j, args.judged or None)
+        column = f"judge_{provider.name}"
+        frame = frame.assign(**{column: pd.array([pd.NA] * len(frame), dtype="Float64")})
+        frame.loc[graded.index, column] = graded[column]
+        return [frame, *(judge.pairwise(judged, j, a, b) for a, b in pairs)]
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -325,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also grade each reply 1-10 with this provider (MT-Bench single-answer)")
     p.add_argument("--judged", action="append", metavar="PROVIDER",
                    help="only grade these providers' replies (repeatable; default: all)")
+    p.add_argument("--conversation", action="append", metavar="ID",
+                   help="only judge these conversations (repeatable; default: all)")
     p.add_argument("--pairwise", action="append", metavar="A,B",
                    help="judge A against B, both orders (repeatable; needs --judge)")
     p.add_argument("--dataset", metavar="NAME",

@@ -189,6 +189,7 @@ class Judge:
             response = self._client.send(request)
             response.read()
             cassette.record(request, response, round((time.perf_counter() - started) * 1000, 1))
+            cassette.save()  # a judge call is slow: an interrupted run keeps what it recorded
         else:
             raise MissingRecording(
                 f"no judge recording for conversation {conversation_id!r} turn {turn} judge "

@@ -135,7 +135,8 @@ def score(results: pd.DataFrame, scorers: Iterable[str | Scorer] = DEFAULT_SCORE
     chosen = [scorer(s) for s in scorers]
     out = results.copy()
     has = results["reference"].notna() & results["response"].notna()
-    pairs = list(zip(results.loc[has, "response"], results.loc[has, "reference"], strict=True))
+    pairs = list(zip(results.loc[has, "response"].to_numpy(dtype=object),
+                     results.loc[has, "reference"].to_numpy(dtype=object), strict=True))
     for s in chosen:
         try:
             values = [s.function(reply, reference) for reply, reference in pairs]
