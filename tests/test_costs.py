@@ -180,3 +180,22 @@ def test_cli_prints_the_reason_for_an_unpriced_model(tmp_path, capsys):
     assert main(["compare", str(path)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "cost_usd: openai: NA for 1 turns" in out and "'no-such-model-x'" in out
+
+
+@pytest.mark.parametrize("model, provider", [
+    ("gpt-4o", "openai"), ("command-r", "cohere"), ("claude-sonnet-4-20250514", "anthropic"),
+    ("gemini-2.5-pro", "gemini"),  # tiered by prompt size: priced row by row
+])
+def test_every_row_matches_genai_prices_own_calculation(model, provider):
+    usages = [(1000, 0, 0, 10), (300_000, 1000, 500, 700), (50, 20, 30, 5), (10, 0, 0, 0)]
+    rows = [TurnResult(conversation_id="c", turn=t, provider=provider, model=model,
+                       input_tokens=i, cached_input_tokens=c, output_tokens=o)
+            for t, (i, c, _, o) in enumerate(usages, 1)]
+    frame = results.to_frame(rows).assign(
+        cache_write_input_tokens=pd.array([w for _, _, w, _ in usages], dtype="Int64"))
+    got = costs.add_costs(frame)["cost_usd"].tolist()
+    url = PRESETS[provider].base_url if provider in PRESETS else None
+    want = [float(genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=i, cache_read_tokens=c, cache_write_tokens=w, output_tokens=o),
+        model, provider_api_url=url).total_price) for i, c, w, o in usages]
+    assert got == pytest.approx(want, rel=1e-12)

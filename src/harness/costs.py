@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib.metadata import version
 from urllib.parse import urlsplit
 
@@ -80,31 +81,61 @@ def _priced(parts: pd.DataFrame, how: Pricing, api_url: str | None) -> pd.Series
     if how.source == "local":
         out[known] = 0.0
         return out
-    if how.source == "harness.toml":
+    if how.source == "genai-prices":
+        calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=0), how.model,
+                                       provider_api_url=api_url)
+        price = calc.model_price
+        rates = _flat_rates(price)
+        if rates is None:  # tiered by prompt size: genai-prices prices each row itself
+            return _priced_by_row(parts, known, price, out)
+    elif how.source == "harness.toml":
         rates = how.rates or {}
-        inp = rates["input_per_mtok"]
-        uncached = (parts["input_tokens"] - parts["cached_input_tokens"]
-                    - parts["cache_write_input_tokens"])
-        dollars = (uncached * inp
-                   + parts["cached_input_tokens"] * rates.get("cached_input_per_mtok", inp)
-                   + parts["cache_write_input_tokens"] * rates.get("cache_write_per_mtok", inp)
-                   + parts["output_tokens"] * rates["output_per_mtok"]) / 1e6
-        out[known] = dollars[known].astype("Float64")
+    else:
         return out
-    if how.source != "genai-prices":
-        return out
+    inp = rates["input_per_mtok"]
+
+    def rate(name: str) -> float:
+        value = rates.get(name)
+        return inp if value is None else value
+
+    uncached = parts["input_tokens"] - parts["cached_input_tokens"] - parts["cache_write_input_tokens"]
+    dollars = (uncached * inp
+               + parts["cached_input_tokens"] * rate("cached_input_per_mtok")
+               + parts["cache_write_input_tokens"] * rate("cache_write_per_mtok")
+               + parts["output_tokens"] * rates["output_per_mtok"]) / 1e6
+    out[known] = dollars[known].astype("Float64")
+    return out
+
+
+def _flat_rates(price: object) -> dict[str, float] | None:
+    """genai-prices' $/MTok for the token parts, or None when any is tiered.
+
+    A part without its own rate (no cache price) is billed at the input rate, as
+    genai-prices itself bills it.
+    """
+    names = {"input_per_mtok": "input_mtok", "cached_input_per_mtok": "cache_read_mtok",
+             "cache_write_per_mtok": "cache_write_mtok", "output_per_mtok": "output_mtok"}
+    rates = {}
+    for ours, theirs in names.items():
+        value = getattr(price, theirs, None)
+        if value is not None and not isinstance(value, int | float | Decimal):
+            return None
+        rates[ours] = float(value) if value is not None else None
+    if rates["input_per_mtok"] is None or rates["output_per_mtok"] is None:
+        return None
+    return rates
+
+
+def _priced_by_row(parts: pd.DataFrame, known: pd.Series, price, out: pd.Series) -> pd.Series:
     cache: dict[tuple[int, int, int, int], float] = {}
     values = []
-    rows = parts[known].astype("int64").itertuples(index=False, name=None)
-    for key in rows:  # the same usage is common: price each distinct one once
-        price = cache.get(key)
-        if price is None:
+    for key in parts[known].astype("int64").itertuples(index=False, name=None):
+        if key not in cache:  # the same usage is common: price each distinct one once
             inp, cached, write, output = key
             usage = genai_prices.Usage(input_tokens=inp, cache_read_tokens=cached,
                                        cache_write_tokens=write, output_tokens=output)
-            calc = genai_prices.calc_price(usage, how.model, provider_api_url=api_url)
-            price = cache[key] = float(calc.total_price)
-        values.append(price)
+            cache[key] = float(price.calc_price(usage)["total_price"])
+        values.append(cache[key])
     out[known] = pd.array(values, dtype="Float64")
     return out
 
