@@ -126,10 +126,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    frame = results.load(args.results)
+    extra = _user_providers(args.providers_file)
+    frame = results.load(args.results, extra)
     if args.metric:
         return _print_significance(frame, args.metric, args.seed)
-    print_report(frame, _console(), _user_providers(args.providers_file))
+    print_report(frame, _console(), extra)
     return 0
 
 

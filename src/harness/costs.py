@@ -162,21 +162,24 @@ def add_costs(frame: pd.DataFrame, providers: Mapping[str, Provider] | None = No
 
 def unpriced_summary(frame: pd.DataFrame, providers: Mapping[str, Provider] | None = None
                      ) -> list[str]:
-    """One line per (provider, model) whose cost is $0 or NA, saying why."""
+    """Why any cost is $0 (one line for every local provider) or NA (one per provider, model)."""
     known = {**PRESETS, **(providers or {})}
-    lines = []
+    lines, local = [], []
     ok = frame[frame["status"] == "ok"]
     for (name, model), group in ok.groupby(["provider", "model"], sort=False, dropna=False):
         provider = known.get(name)
         how = pricing(provider, None if pd.isna(model) else model)
         turns = len(group)
         if how.source == "local":
-            lines.append(f"cost_usd: {name}: $0 for {turns} turns: {how.reason}")
+            local.append(name)
         elif how.source == "unpriced":
             lines.append(f"cost_usd: {name}: NA for {turns} turns: {how.reason}")
         elif "cost_usd" in group and (missing := int(group["cost_usd"].isna().sum())):
             lines.append(f"cost_usd: {name}: NA for {missing} of {turns} turns: "
                          "the provider reported no token usage")
+    if local:
+        lines.insert(0, f"cost_usd: $0 for {', '.join(dict.fromkeys(local))}: "
+                        "they run on this machine")
     return lines
 
 

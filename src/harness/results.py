@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -169,8 +170,11 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """Read a results file written by `save` back into the documented dtypes."""
+def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read a results file written by `save` back into the documented dtypes.
+
+    A file written before `cost_usd` existed is priced now (`providers` by name, for the
+    ones that are no preset)."""
     path = Path(path)
     suffix = check_format(path)
     try:
@@ -198,7 +202,7 @@ def load(path: str | Path) -> pd.DataFrame:
     if not priced:
         from .costs import add_costs
 
-        out = add_costs(out)
+        out = add_costs(out, providers)
     return out.join(frame[extra]) if extra else out
 
 
