@@ -112,3 +112,15 @@ def test_cli_unknown_scorer_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown scorer 'bleu'" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_pass_fail_scores_survive_every_format(tmp_path, suffix):
+    from harness import significance
+
+    runs = pd.concat([frame(("Paris", "Paris"), ("Lyon", "Paris"), ("x", None), provider="p"),
+                      frame(("Lyon", "Paris"), ("Lyon", "Paris"), ("x", None), provider="q")])
+    loaded = results.load(results.save(scores.score(runs, ["exact"]), tmp_path / f"s{suffix}"))
+    assert loaded["exact"].tolist()[:2] == [True, False] and pd.isna(loaded["exact"].iloc[2])
+    pair = significance.significance(loaded, "exact")["pairs"].iloc[0]
+    assert (pair["only_a"], pair["only_b"]) == (1, 0)  # McNemar: read back as pass/fail

@@ -203,7 +203,13 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
         from .costs import add_costs
 
         out = add_costs(out, providers)
-    return out.join(frame[extra]) if extra else out
+    if not extra:
+        return out
+    extras = frame[extra].copy()
+    for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is present
+        if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":
+            extras[column] = extras[column].astype("boolean")
+    return out.join(extras)
 
 
 class Journal:

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .scores import SCORERS
+
 KEY = ["conversation_id", "turn"]
 _BLOCK = 256  # bootstrap replicates drawn at once: bounded memory on 100k-row frames
 
@@ -69,7 +71,8 @@ def _wide(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
     if metric not in results.columns:
         raise ValueError(f"no column {metric!r} in the results (score them first: harness score)")
     values = results[metric]
-    pass_fail = pd.api.types.is_bool_dtype(values.dtype)
+    known = SCORERS.get(metric)  # JSONL reads pass/fail scores back as 1.0 / 0.0
+    pass_fail = pd.api.types.is_bool_dtype(values.dtype) or bool(known and known.pass_fail)
     numeric = pd.to_numeric(values.astype("Float64" if pass_fail else values.dtype),
                             errors="coerce").astype(float)
     frame = results[KEY + ["provider"]].assign(value=numeric.to_numpy())
