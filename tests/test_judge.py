@@ -146,3 +146,13 @@ def test_cli_judge_records_then_replays_offline(tmp_path, capsys):
     assert "inconsistent" in set(pairs["winner"])
     assert main([*common[:-2], "--pairwise", "p,zz", "--out", str(tmp_path / "x.parquet")]) == 2
     assert "--pairwise p,zz" in capsys.readouterr().err
+
+
+def test_a_judge_that_cannot_be_reached_gives_na_not_a_crash(tmp_path):
+    frame = results.to_frame(answered("p", DIALOGUE))
+    provider = stub_judge("http://127.0.0.1:9")  # nothing listens on the discard port
+    with Judge(provider, "judged", cassette_dir=tmp_path, record_mode="once") as live:
+        graded = judge.grade(frame, live)
+    assert graded["judge_stub-judge"].isna().all()
+    assert len(live.failures) == 4 and "ConnectError" in live.failures[0]
+    assert not (tmp_path / "judged").exists()  # nothing recorded for calls that failed

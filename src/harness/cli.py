@@ -206,10 +206,14 @@ def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
     with judge.Judge(provider, dataset, cassette_dir=args.cassettes,
                      record_mode=args.record_mode, params=params) as j:
         graded = judge.grade(judged, j, args.judged or None)
-        column = f"judge_{provider.name}"
-        frame = frame.assign(**{column: pd.array([pd.NA] * len(frame), dtype="Float64")})
-        frame.loc[graded.index, column] = graded[column]
-        return [frame, *(judge.pairwise(judged, j, a, b) for a, b in pairs)]
+        tables = [judge.pairwise(judged, j, a, b) for a, b in pairs]
+    if j.failures:
+        print(f"harness: judge {provider.name}: {len(j.failures)} calls got no answer, their "
+              f"verdicts are NA (first: {j.failures[0]})", file=sys.stderr)
+    column = f"judge_{provider.name}"
+    frame = frame.assign(**{column: pd.array([pd.NA] * len(frame), dtype="Float64")})
+    frame.loc[graded.index, column] = graded[column]
+    return [frame, *tables]
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -160,6 +160,7 @@ class Judge:
         keys = {p.api_key() for p in PRESETS.values()} | {provider.api_key()}
         self.secrets = sorted((k for k in keys if k), key=len, reverse=True)
         self._cassettes: dict[str, Cassette] = {}
+        self.failures: list[str] = []  # calls that got no answer (their verdicts are NA)
         self._client: httpx.Client | None = None
 
     @property
@@ -186,8 +187,13 @@ class Judge:
             if self._client is None:
                 self._client = httpx.Client(timeout=self.timeout)
             started = time.perf_counter()
-            response = self._client.send(request)
-            response.read()
+            try:
+                response = self._client.send(request)
+                response.read()
+            except httpx.TransportError as exc:  # a judge that fails gives no verdict: NA
+                self.failures.append(f"conversation {conversation_id!r} turn {turn}: "
+                                     f"{type(exc).__name__}")
+                return ""
             cassette.record(request, response, round((time.perf_counter() - started) * 1000, 1))
             cassette.save()  # a judge call is slow: an interrupted run keeps what it recorded
         else:
