@@ -31,4 +31,9 @@ for port in (8081, 8082):
 PY
   "$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress --concurrency 1 \
     -p local-smollm2 -p local-gemma3 -p local-smollm2-anthropic
+  # SmolLM2 as judge of one conversation: a demo of the judge's mechanics, not a verdict
+  rm -rf cassettes/demo/judge-local-smollm2
+  "$py" -m harness score tests/baselines/demo.jsonl --judge local-smollm2 --judged local-smollm2 \
+    --conversation science-why --pairwise local-smollm2,local-gemma3 --judge-max-tokens 64 \
+    --record-mode once
 fi

@@ -156,3 +156,22 @@ def test_a_judge_that_cannot_be_reached_gives_na_not_a_crash(tmp_path):
     assert graded["judge_stub-judge"].isna().all()
     assert len(live.failures) == 4 and "ConnectError" in live.failures[0]
     assert not (tmp_path / "judged").exists()  # nothing recorded for calls that failed
+
+
+def test_shipped_demo_judge_cassettes_replay_offline():
+    """The demo's judge calls (SmolLM2 as judge: mechanics, not a verdict) replay with the
+    network blocked; the 135M model gives no parseable verdict, so NA ratings and `error`."""
+    from conftest import ROOT
+
+    from harness.providers import PRESETS
+
+    frame = results.load(ROOT / "tests" / "baselines" / "demo.jsonl")
+    one = frame[frame["conversation_id"] == "science-why"]
+    with Judge(PRESETS["local-smollm2"], "demo", cassette_dir=ROOT / "cassettes",
+               params={"max_tokens": 64}) as offline:
+        graded = judge.grade(one, offline, ["local-smollm2"])
+        pairs = judge.pairwise(one, offline, "local-smollm2", "local-gemma3")
+    assert offline.failures == []
+    assert graded["judge_local-smollm2"].isna().all()
+    assert pairs["winner"].tolist() == ["error", "error"]
+    assert pairs["judgment_first"].str.contains("scattering").all()  # the judge's own words
