@@ -103,6 +103,8 @@ def test_cli_score_writes_columns_and_compare_reads_them(tmp_path, capsys):
     assert loaded["exact"].tolist() == [True, False]
     assert loaded["rouge_l"].tolist() == [1.0, 0.0]
     assert "exact" in capsys.readouterr().out
+    assert main(["compare", str(out)]) == 0  # the score table is among compare's tables
+    assert "Scores, mean per provider" in capsys.readouterr().out
 
 
 def test_cli_unknown_scorer_is_one_line_exit_2(tmp_path, capsys):

@@ -69,6 +69,10 @@ def print_report(frame: pd.DataFrame, console: Console,
     print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
     usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
     print_frame(usage, "Token usage and latency", console, index=True)
+    scored = [c for c in frame.columns if c in scores.SCORERS or c.startswith("judge_")]
+    if scored:
+        print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
+                    index=True)
     errors = frame[frame["status"] != "ok"]
     if len(errors):
         print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
