@@ -37,7 +37,8 @@ class Pricing:
 
 def is_local(provider: Provider) -> bool:
     """A model running on this machine: a `local-*` preset or any server on loopback."""
-    return provider.name.startswith("local") or urlsplit(provider.base_url).hostname in LOCAL_HOSTS
+    preset = provider.name.startswith("local") and provider.name in PRESETS
+    return preset or urlsplit(provider.base_url).hostname in LOCAL_HOSTS
 
 
 def pricing(provider: Provider | None, model: str | None) -> Pricing:
@@ -46,7 +47,8 @@ def pricing(provider: Provider | None, model: str | None) -> Pricing:
         return Pricing("harness.toml", model, provider.prices)
     if provider is not None and is_local(provider):
         return Pricing("local", model, reason="runs on this machine, priced at $0")
-    # a reported model that has no price is not priced as the configured one: it is another model
+    # the configured model only when none was reported: a reported model without a price is
+    # another model than the configured one, and pricing it as that would be a wrong number
     model = model or (provider.model if provider is not None else None)
     api_url = provider.base_url if provider is not None else None
     if model:
