@@ -169,7 +169,7 @@ def _fit(wins: np.ndarray, start: np.ndarray | None = None, iterations: int = 10
     for _ in range(iterations):
         new = total / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
         new /= new.sum()
-        if np.abs(new - strength).max() < 1e-7:
+        if np.abs(new - strength).max() < 1e-6:  # strengths are shown to 3 decimals
             return new
         strength = new
     return strength
