@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from .cassettes import Cassette, MissingRecording, RecordMode, cassette_path
+from .cassettes import Cassette, MissingRecording, RecordMode, cassette_path, scrub_bytes, scrub_url
 from .messages import Message, SystemMessage, UserMessage
-from .providers import PRESETS, Provider
+from .providers import Provider, known_secrets
 
 # FastChat's judge prompts (fastchat/llm_judge/data/judge_prompts.jsonl), word for word.
 _FOCUS = "second"
@@ -157,8 +157,8 @@ class Judge:
         self.timeout = timeout
         self.url = str(httpx.URL(provider.url))
         self.headers = provider.request_headers(provider.api_key())
-        keys = {p.api_key() for p in PRESETS.values()} | {provider.api_key()}
-        self.secrets = sorted((k for k in keys if k), key=len, reverse=True)
+        self.secrets = known_secrets([provider])
+        self.match_url = scrub_url(self.url, self.secrets)
         self._cassettes: dict[str, Cassette] = {}
         self.failures: list[str] = []  # calls that got no answer (their verdicts are NA)
         self._client: httpx.Client | None = None
@@ -180,9 +180,11 @@ class Judge:
         body = self.provider.build_body(messages, self.params)
         request = httpx.Request("POST", self.url, headers=self.headers,
                                 content=json.dumps(body, ensure_ascii=False).encode("utf-8"))
-        played = cassette.play(request)
-        if played is not None:
-            response = played[0]
+        # looked up as it was recorded: scrubbed, as replay does
+        hit = cassette.take("POST", self.match_url, scrub_bytes(request.content, self.secrets))
+        if hit is not None:
+            response = httpx.Response(hit.status, headers=hit.replay_headers(),
+                                      content=hit.response_body, request=request)
         elif cassette.may_record:
             if self._client is None:
                 self._client = httpx.Client(timeout=self.timeout)
