@@ -18,7 +18,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from . import compare, foreign, results
+from . import compare, costs, foreign, results, scores
 from .cassettes import RECORD_MODES, CassetteError, MissingRecording, _safe_name, dataset_folder, scrub_text
 from .datasets import DatasetError, load_dataset
 from .providers import (
@@ -103,11 +103,13 @@ SHORT_NAMES = {
     "reasoning_tokens": "reasoning",
     "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
     "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
+    "cost_usd": "$ total", "cost_per_turn_usd": "$/turn", "cost_per_1k_turns_usd": "$/1k turns",
 }
 
 
-def print_report(frame: pd.DataFrame, console: Console) -> None:
-    """The comparison tables of one run."""
+def print_report(frame: pd.DataFrame, console: Console,
+                 providers: dict[str, Provider] | None = None) -> None:
+    """The comparison tables of one run, then why any cost is $0 or NA."""
     print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
     print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
     usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
@@ -115,11 +117,17 @@ def print_report(frame: pd.DataFrame, console: Console) -> None:
     if frame["reference_tool_calls"].notna().any():
         print_frame(compare.tool_calls(frame), "Tool calls against the dataset's", console,
                     index=True)
+    scored = [c for c in frame.columns if c in scores.SCORERS or c.startswith("judge_")]
+    if scored:
+        print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
+                    index=True)
     errors = frame[frame["status"] != "ok"]
     if len(errors):
         print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
                             "attempts", "error"]], "Errors and skipped turns", console,
                     max_chars=100)
+    for line in costs.unpriced_summary(frame, providers):
+        console.print(line, highlight=False)
 
 
 def _user_providers(path: str | None) -> dict[str, Provider]:
@@ -131,7 +139,10 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
 
 def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
     folder = dataset_folder(cassette_dir, dataset_name)
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    # judge-<provider>/ folders hold a judge's calls (harness score --judge), not a provider's
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("judge-"))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -170,13 +181,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
             concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
             on_row=finished.append, keep_journal=True, started_at=_process_start(),
-                timeout=args.timeout,
+            timeout=args.timeout,
         )
     except KeyboardInterrupt:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
         order = [c.id for c in dataset.conversations]
         return _interrupted(args, results.to_frame(finished, order=order), total, journal)
-    print_report(frame, console)
+    print_report(frame, console, {p.name: p for p in providers})
     if args.out:
         path = results.save(frame, args.out)
         journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
@@ -211,8 +222,93 @@ def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print_report(results.load(args.results), _console())
+    extra = _user_providers(args.providers_file)
+    frame = results.load(args.results, extra)
+    if args.metric:
+        return _print_significance(frame, args.metric, args.seed)
+    print_report(frame, _console(), extra)
     return 0
+
+
+def _print_significance(frame: pd.DataFrame, metric: str, seed: int) -> int:
+    """`compare --metric`: intervals per provider and per pair, and what they mean."""
+    out = compare.significance(frame, metric, seed=seed)
+    console = _console()
+    print_frame(out["providers"].round(4), f"{metric}: mean per provider, 95% bootstrap interval "
+                "(resampling conversations)", console, index=True)
+    pairs = out["pairs"].drop(columns="sentence").round(4)
+    print_frame(pairs, f"{metric}: paired difference b - a, 95% bootstrap interval", console)
+    if "strengths" in out:
+        print_frame(out["strengths"].round(4), f"{metric}: Bradley-Terry strengths from per-turn "
+                    "wins", console, index=True)
+    for sentence in out["pairs"]["sentence"]:
+        console.print(sentence, highlight=False)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.out:
+        results.check_format(args.out)
+        check_output(args.out, [args.results, args.providers_file])
+    if args.pairwise and not args.judge:
+        raise UsageError("--pairwise needs --judge PROVIDER")
+    chosen = [scores.scorer(s) for s in (args.scorer or scores.DEFAULT_SCORERS)]
+    frame = scores.score(results.load(args.results), chosen)
+    columns = [s.name for s in chosen]
+    console = _console()
+    pairs = []
+    if args.judge:
+        pairs = _judge(args, frame)
+        frame = pairs.pop(0)
+        columns.append(f"judge_{args.judge}")
+    print_frame(compare.score_table(frame, columns),
+                "Scores, mean per provider (pass/fail scores as the share passed)", console,
+                index=True)
+    for table in pairs:
+        a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+        counts = table["winner"].value_counts().rename_axis("winner").rename("turns")
+        print_frame(counts.to_frame(), f"{args.judge} judges {a} vs {b} (both orders)", console,
+                    index=True)
+        from .significance import win_rates
+
+        for sentence in win_rates(table)["sentence"]:
+            console.print(sentence, highlight=False)
+    if args.out:
+        path = results.save(frame, args.out)
+        console.print(f"wrote {len(frame)} rows with {', '.join(columns)} to {path}")
+        for table in pairs:
+            a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+            out = Path(args.out)
+            pair_path = results.save(table, out.with_name(f"{out.stem}.pairwise-{a}-{b}{out.suffix}"))
+            console.print(f"wrote {len(table)} pairwise verdicts to {pair_path}")
+    return 0
+
+
+def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """The scored frame with the judge's ratings, then one pairwise table per --pairwise."""
+    from . import judge
+
+    (provider,) = resolve([args.judge], _user_providers(args.providers_file))
+    known = set(frame["provider"])
+    pairs = [tuple(p.split(",")) for p in args.pairwise or []]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= known:
+            raise UsageError(f"--pairwise {','.join(pair)}: expected A,B, two providers of "
+                             f"{args.results} (known: {', '.join(sorted(known))})")
+    params = {"max_tokens": args.judge_max_tokens} if args.judge_max_tokens else {}
+    dataset = args.dataset or Path(args.results).stem
+    judged = frame if not args.conversation else frame[frame["conversation_id"].isin(args.conversation)]
+    with judge.Judge(provider, dataset, cassette_dir=args.cassettes,
+                     record_mode=args.record_mode, params=params) as j:
+        graded = judge.grade(judged, j, args.judged or None)
+        tables = [judge.pairwise(judged, j, a, b) for a, b in pairs]
+    if j.failures:
+        print(f"harness: judge {provider.name}: {len(j.failures)} calls got no answer, their "
+              f"verdicts are NA (first: {j.failures[0]})", file=sys.stderr)
+    column = f"judge_{provider.name}"
+    frame = frame.assign(**{column: pd.array([pd.NA] * len(frame), dtype="Float64")})
+    frame.loc[graded.index, column] = graded[column]
+    return [frame, *tables]
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -441,9 +537,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("compare", help="print the comparison tables of a results file")
+    p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
     p.add_argument("results")
+    p.add_argument("--metric", "-m", metavar="COLUMN",
+                   help="instead, is the difference between providers on this score real? "
+                        "(bootstrap intervals by conversation, paired; McNemar for pass/fail)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=cmd_compare)
+
+    p = with_common(sub.add_parser("score", help="score replies against the reference"))
+    p.add_argument("results")
+    p.add_argument("--scorer", "-s", action="append", metavar="NAME",
+                   help="exact, contains, regex, regex:PATTERN, similarity, rouge_l, chrf "
+                        f"(repeatable; default: {', '.join(scores.DEFAULT_SCORERS)})")
+    p.add_argument("--out", "-o", metavar="FILE",
+                   help="write the scored rows (.parquet, ...); pairwise verdicts go beside it")
+    p.add_argument("--judge", metavar="PROVIDER",
+                   help="also grade each reply 1-10 with this provider (MT-Bench single-answer)")
+    p.add_argument("--judged", action="append", metavar="PROVIDER",
+                   help="only grade these providers' replies (repeatable; default: all)")
+    p.add_argument("--conversation", action="append", metavar="ID",
+                   help="only judge these conversations (repeatable; default: all)")
+    p.add_argument("--pairwise", action="append", metavar="A,B",
+                   help="judge A against B, both orders (repeatable; needs --judge)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="judge cassettes go to CASSETTES/NAME/judge-PROVIDER/ "
+                        "(default: the results file's stem)")
+    p.add_argument("--record-mode", choices=RECORD_MODES, default="none",
+                   help="for the judge's calls, as in replay (default none: offline)")
+    p.add_argument("--judge-max-tokens", type=int, metavar="N",
+                   help="the judge's max_tokens (default 512)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
     p.add_argument("baseline")

@@ -42,6 +42,7 @@ from .cassettes import (
     scrub_text,
     scrub_url,
 )
+from .costs import add_costs
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import Provider, ProviderConfigError, check_params, known_secrets
@@ -470,7 +471,8 @@ async def replay_async(
     if record_mode == "all":
         for folder in folders:
             end_rerecording(folder)
-    frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
+    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
+                      {p.name: p for p in run.providers})
     if log is not None and not keep_journal:
         log.close(remove=True)
     return frame

@@ -7,9 +7,10 @@ import hashlib
 import json
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -49,6 +50,7 @@ class TurnResult:
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
     reference_tool_calls: str | None = None  # the dataset's next assistant tool calls, JSON
     tool_call_match: bool | None = None  # tool_calls == reference_tool_calls (see harness.tools)
+    cost_usd: float | None = None  # filled in by harness.costs
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
@@ -81,6 +83,7 @@ DTYPES: dict[str, str] = {
     "attempts": "Int64",
     "latency_ms": "Float64",
     "tool_call_match": "boolean",
+    "cost_usd": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
 _ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
@@ -188,8 +191,11 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """Read a results file written by `save` back into the documented dtypes."""
+def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read a results file written by `save` back into the documented dtypes.
+
+    A file written before `cost_usd` existed is priced now (`providers` by name, for the
+    ones that are no preset)."""
     path = Path(path)
     suffix = check_format(path)
     try:
@@ -206,10 +212,25 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow/parser errors have no common base
         raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    priced = "cost_usd" in frame.columns
+    if not priced:  # written before harness priced rows
+        frame = frame.assign(cost_usd=None)
+    extra = [c for c in frame.columns if c not in COLUMNS]  # e.g. score columns
     try:
-        return normalize(frame)
+        out = normalize(frame)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    if not priced:
+        from .costs import add_costs
+
+        out = add_costs(out, providers)
+    if not extra:
+        return out
+    extras = frame[extra].copy()
+    for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is present
+        if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":
+            extras[column] = extras[column].astype("boolean")
+    return out.join(extras)
 
 
 class JournalWriteError(OSError):
