@@ -30,19 +30,24 @@ class UsageError(Exception):
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+    # rich takes the width from the terminal, else $COLUMNS, else 80
+    return Console(stderr=stderr)
 
 
 def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: int = 80,
                 index: bool = False) -> None:
-    """A DataFrame as a rich table, long texts shortened to `max_chars`."""
-    table = Table(title=title, title_justify="left", show_lines=False)
+    """A DataFrame as a rich table: texts cut with "…", numbers never cut or folded."""
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                  header_style="bold")
     frame = frame.reset_index() if index else frame
-    for column in frame.columns:
+    cells = [[_cell(v, max_chars) for v in row] for row in frame.itertuples(index=False)]
+    for k, column in enumerate(frame.columns):
         numeric = pd.api.types.is_numeric_dtype(frame[column])
-        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v, max_chars) for v in row))
+        width = max([len(str(column)), *(len(r[k]) for r in cells)]) if numeric else None
+        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=width)
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -53,25 +58,94 @@ def _cell(value: object, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
-SHORT_NAMES = {
-    "input_tokens": "in", "output_tokens": "out", "total_tokens": "total",
-    "cached_input_tokens": "cached in", "reasoning_tokens": "reasoning",
-    "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
-    "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
-}
+def _compact(value: object) -> object:
+    """12345 -> '12.3k': keeps the summary inside 80 columns."""
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= limit * 10:
+            return f"{number / limit:.0f}{suffix}"
+        if abs(number) >= limit:
+            return f"{number / limit:.1f}{suffix}"
+    return f"{number:.0f}" if number == int(number) else f"{number:.1f}"
 
 
-def print_report(frame: pd.DataFrame, console: Console) -> None:
-    """The comparison tables of one run."""
-    print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
-    print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
-    usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
-    print_frame(usage, "Token usage and latency", console, index=True)
-    errors = frame[frame["status"] != "ok"]
-    if len(errors):
-        print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
-                            "attempts", "error"]], "Errors and skipped turns", console,
-                    max_chars=100)
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per provider: turns, ok, errors, each finish reason, tokens, latency p50, cost."""
+    usage = compare.usage(frame)
+    reasons = compare.finish_reasons(frame).drop(columns=["error", "skipped"], errors="ignore")
+    table = pd.DataFrame({"turns": usage["turns"], "ok": usage["ok"],
+                          "err": usage["errors"] + usage["skipped"]}, index=usage.index)
+    table = table.join(reasons)
+    for column, name in (("input_tokens", "in tok"), ("output_tokens", "out tok"),
+                         ("latency_p50_ms", "p50 ms")):
+        if column in usage:
+            table[name] = usage[column].map(_compact).astype("string")
+    cost = usage["cost_usd"] if "cost_usd" in usage else (
+        frame.groupby("provider", sort=False)["cost_usd"].sum(min_count=1)
+        if "cost_usd" in frame else None)
+    if cost is not None:
+        table["cost $"] = cost.map(lambda v: None if pd.isna(v) else f"{v:.4g}").astype("string")
+    return table
+
+
+def print_summary(frame: pd.DataFrame, console: Console, title: str = "Summary") -> None:
+    """The default output of `replay` and `compare`: one line per provider, fits 80 columns."""
+    print_frame(summary(frame), title, console, index=True, max_chars=30)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        first = failed.iloc[0]
+        console.print(_cell(f"{len(failed)} turns failed or were skipped; first: "
+                            f"{first['conversation_id']} turn {first['turn']} {first['provider']}: "
+                            f"{first['error']}", max(20, console.width)), overflow="ellipsis",
+                      no_wrap=True, crop=True)
+
+
+SHOW = ("summary", "replies", "all")
+
+
+def print_report(frame: pd.DataFrame, console: Console, show: str = "summary") -> None:
+    """What `replay` and `compare` print: the summary; the replies side by side on request."""
+    if show in ("replies", "all"):
+        wide = compare.side_by_side(frame).drop(columns=["reference"])
+        print_frame(wide, "Replies, side by side", console, max_chars=60)
+    if show == "all":
+        print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
+        print_frame(compare.usage(frame), "Token usage and latency", console, index=True)
+    print_summary(frame, console)
+
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def text(v: object) -> str:
+        return _cell(v, 10**6).replace("|", "\\|")
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_tables(tables: dict[str, pd.DataFrame], fmt: str, out=None) -> None:
+    """Tables as markdown (a heading each), CSV (a `# title` line each) or one JSON object."""
+    out = out or sys.stdout
+    if fmt == "json":
+        import json
+
+        payload = {name: json.loads(t.to_json(orient="records", force_ascii=False))
+                   for name, t in tables.items()}
+        out.write(json.dumps(payload if len(tables) > 1 else next(iter(payload.values())),
+                             ensure_ascii=False, indent=1) + "\n")
+        return
+    for k, (name, table) in enumerate(tables.items()):
+        if fmt == "markdown":
+            out.write(("\n" if k else "") + f"## {name}\n\n{_markdown(table)}\n")
+        else:
+            if len(tables) > 1:
+                out.write(("\n" if k else "") + f"# {name}\n")
+            table.to_csv(out, index=False, lineterminator="\n")
 
 
 def _user_providers(path: str | None) -> dict[str, Provider]:
@@ -111,40 +185,88 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
         concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
     )
-    print_report(frame, console)
+    print_report(frame, console, args.show)
     if args.out:
         path = results.save(frame, args.out)
-        console.print(f"wrote {len(frame)} rows to {path}")
+        console.print(f"wrote {len(frame)} rows to {path} (see them in a browser: "
+                      f"harness view {path})", overflow="fold")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print_report(results.load(args.results), _console())
+    frame = results.load(args.results)
+    if args.format == "table":
+        print_report(frame, _console(), args.show)
+        return 0
+    tables = {"summary": summary(frame).reset_index(),
+              "finish_reasons": compare.finish_reasons(frame).reset_index(),
+              "usage": compare.usage(frame).reset_index()}
+    if args.show in ("replies", "all"):
+        tables["replies"] = compare.side_by_side(frame)
+    write_tables(tables, args.format)
     return 0
 
 
+def _tolerance(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--tolerance {item}: expected COLUMN=NUMBER, e.g. tokens=5") from None
+    return out
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
+    unknown = [c for c in args.ignore if c not in compare.DIFF_COLUMNS]
+    if unknown:
+        raise UsageError(f"--ignore {unknown[0]}: not a compared column "
+                         f"(expected one of {', '.join(compare.DIFF_COLUMNS)})")
+    if args.junit_xml:
+        _refuse_overwrite(args.junit_xml, True, [args.baseline, args.current])
     before, after = results.load(args.baseline), results.load(args.current)
-    changes = compare.diff(before, after)
+    changes = compare.diff(before, after, ignore=tuple(args.ignore),
+                           tolerance=_tolerance(args.tolerance))
+    if args.junit_xml:
+        from .junit import write_junit
+
+        write_junit(changes, after, before, args.junit_xml, suite=f"harness diff {args.baseline}")
+    if args.format != "table":
+        write_tables({"changes": changes}, args.format)
+        return 1 if len(changes) else 0
     console = _console()
     if changes.empty:
         console.print(f"no changes: {len(after)} rows match {args.baseline}")
         return 0
-    shown = changes[["conversation_id", "turn", "provider", "change", "response_before",
-                     "response_after", "finish_reason_before", "finish_reason_after",
-                     "output_tokens_before", "output_tokens_after"]]
+    shown = changes[[c for c in ("conversation_id", "turn", "provider", "change",
+                                 "response_before", "response_after", "finish_reason_before",
+                                 "finish_reason_after", "output_tokens_before",
+                                 "output_tokens_after") if c in changes.columns]]
     print_frame(shown, f"{len(changes)} changed rows", console, max_chars=50)
     return 1
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_html
+def _refuse_overwrite(path: str | Path, force: bool, inputs: Sequence[str | Path]) -> None:
+    """Never replace an input; replace another existing file only with --force."""
+    target = Path(path).resolve()
+    if any(Path(p).resolve() == target for p in inputs):
+        raise UsageError(f"{path}: is one of this command's inputs; choose another --out")
+    if target.exists() and not force:
+        raise UsageError(f"{path}: already exists (use --force to replace it)")
 
-    frame = results.load(args.results)
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .view import write_view
+
+    out = args.out
+    inputs = [*args.results, *([args.baseline] if args.baseline else [])]
+    _refuse_overwrite(out, args.force, inputs)
+    runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
-    path = write_html(frame, args.html, title=args.title or f"harness report: {args.results}",
-                      baseline=baseline)
-    _console().print(f"wrote {path}")
+    title = args.title or "harness view"
+    path = write_view(runs, out, baseline=baseline, title=title)
+    _console().print(f"wrote {path} ({path.stat().st_size // 1024} KiB): open it in a browser")
     return 0
 
 
@@ -189,7 +311,7 @@ def cmd_serve_local(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m harness",
+        prog="harness",
         description="Replay multi-turn chat datasets against LLM providers and compare them.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -227,23 +349,49 @@ def build_parser() -> argparse.ArgumentParser:
                         "FILE.journal.jsonl as they complete, and the same command run again "
                         "after a crash resumes from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--show", choices=SHOW, default="summary",
+                   help="summary: one line per provider (default); replies: also the replies "
+                        "side by side; all: also the full usage tables")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("compare", help="print the comparison tables of a results file")
     p.add_argument("results")
+    p.add_argument("--show", choices=SHOW, default="summary",
+                   help="summary (default), replies (side by side too) or all")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for the terminal (default), or markdown, csv, json")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
     p.add_argument("baseline")
     p.add_argument("current")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for the terminal (default), or markdown, csv, json")
+    p.add_argument("--ignore", action="append", default=[], metavar="COLUMN",
+                   help=f"leave a column out of the comparison (one of {', '.join(compare.DIFF_COLUMNS)})")
+    p.add_argument("--tolerance", action="append", default=[], metavar="COLUMN=N",
+                   help="count a numeric change of at most N as none; tokens=N for every token count")
+    p.add_argument("--junit-xml", metavar="FILE",
+                   help="also write a JUnit XML report: one test case per row, drifted rows failed")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("report", help="write one self-contained HTML page of tables and charts")
-    p.add_argument("results")
-    p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
-    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p = sub.add_parser("view", help="write one self-contained HTML page to explore results in "
+                                    "a browser (search, filters, threads, diff, charts)")
+    p.add_argument("results", nargs="+", help="results files; several give a switch between runs")
+    p.add_argument("--baseline", metavar="RESULTS", help="highlight what changed against this run")
+    p.add_argument("--out", "-o", default="view.html", metavar="FILE",
+                   help="where to write the page (default: view.html)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("report", help="the `view` page of one results file (kept for old scripts)")
+    p.add_argument("results", nargs=1)
+    p.add_argument("--html", dest="out", required=True, metavar="FILE", help="where to write the page")
+    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_view)
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from difflib import SequenceMatcher
 
+import numpy as np
 import pandas as pd
 
 from .messages import FINISH_REASONS
@@ -68,34 +69,57 @@ DIFF_COLUMNS = ("response", "finish_reason", "status", "input_tokens", "output_t
 
 
 def diff(baseline: pd.DataFrame, current: pd.DataFrame,
-         columns: tuple[str, ...] = DIFF_COLUMNS) -> pd.DataFrame:
+         columns: tuple[str, ...] = DIFF_COLUMNS, *, ignore: tuple[str, ...] = (),
+         tolerance: dict[str, float] | None = None) -> pd.DataFrame:
     """Turns whose reply, finish reason, status or token counts changed between two runs.
 
     One row per changed (conversation, turn, provider) with `change` naming what changed
-    (`added` / `removed` for rows only one side has) and the before/after values.
+    (`added` / `removed` for rows only one side has) and the before/after values. `ignore`
+    drops columns from the comparison; `tolerance` maps a numeric column (or `tokens`, for
+    every `*_tokens` column) to the largest difference still counted as unchanged.
     """
     key = SORT_KEY
-    merged = baseline.merge(current, on=key, how="outer", suffixes=("_before", "_after"),
-                            indicator=True)
-    changes = []
-    for _, row in merged.iterrows():
-        if row["_merge"] == "left_only":
-            what = ["removed"]
-        elif row["_merge"] == "right_only":
-            what = ["added"]
+    columns = tuple(c for c in columns if c not in ignore)
+    limits = _tolerances(columns, tolerance or {})
+    merged = baseline[[*key, *columns]].merge(
+        current[[*key, *columns]], on=key, how="outer", suffixes=("_before", "_after"),
+        indicator=True)
+    side = merged["_merge"].to_numpy()
+    removed, added = side == "left_only", side == "right_only"
+    both = ~(removed | added)
+    changed = []
+    for c in columns:
+        before, after = merged[f"{c}_before"], merged[f"{c}_after"]
+        missing_b, missing_a = before.isna().to_numpy(), after.isna().to_numpy()
+        if c in limits:
+            differs = ((before.astype("Float64") - after.astype("Float64")).abs() > limits[c])
         else:
-            what = [c for c in columns if not _same(row[f"{c}_before"], row[f"{c}_after"])]
-        if what:
-            changes.append({
-                **{k: row[k] for k in key},
-                "change": ", ".join(what),
-                **{f"{c}_{side}": row[f"{c}_{side}"] for c in columns
-                   for side in ("before", "after")},
-            })
-    out_columns = [*key, "change", *(f"{c}_{s}" for c in columns for s in ("before", "after"))]
-    return pd.DataFrame(changes, columns=out_columns).sort_values(key, kind="stable").reset_index(
-        drop=True
-    )
+            differs = before != after
+        differs = differs.fillna(False).to_numpy(dtype=bool)
+        changed.append(both & ((missing_b != missing_a) | (differs & ~missing_b & ~missing_a)))
+    matrix = np.column_stack(changed) if changed else np.zeros((len(merged), 0), dtype=bool)
+    keep = removed | added | matrix.any(axis=1)
+    names = np.array(columns, dtype=object)
+    change = ["removed" if removed[i] else "added" if added[i] else ", ".join(names[matrix[i]])
+              for i in np.flatnonzero(keep)]  # a loop over the changed rows only
+    out = merged.loc[keep, key].copy()
+    out["change"] = pd.array(change, dtype="string")
+    for c in columns:
+        for s in ("before", "after"):
+            out[f"{c}_{s}"] = merged.loc[keep, f"{c}_{s}"]
+    return out.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def _tolerances(columns: tuple[str, ...], tolerance: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for name, limit in tolerance.items():
+        targets = [c for c in columns if c.endswith("_tokens")] if name == "tokens" else [name]
+        for column in targets:
+            if column not in columns:
+                raise ValueError(f"--tolerance {name}: not a compared column "
+                                 f"(expected tokens or one of {', '.join(columns)})")
+            out[column] = float(limit)
+    return out
 
 
 def _same(a, b) -> bool:
@@ -111,7 +135,10 @@ def describe(changes: pd.DataFrame, width: int = 100) -> str:
     blocks = []
     for _, row in changes.iterrows():
         lines = [f"{row['conversation_id']} turn {row['turn']} {row['provider']}: {row['change']}"]
-        for column in DIFF_COLUMNS:
+        named = row["change"].split(", ")
+        if named in (["added"], ["removed"]):
+            named = [c.removesuffix("_before") for c in changes.columns if c.endswith("_before")]
+        for column in named:
             before, after = row[f"{column}_before"], row[f"{column}_after"]
             if not _same(before, after):
                 lines.append(f"  {column}: {_short(before, width)} -> {_short(after, width)}")

@@ -407,6 +407,8 @@ async def replay_async(
         if log is not None:
             log.close()
     frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
+    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
+                                              run.params)
     if log is not None:
         log.close(remove=True)
     return frame

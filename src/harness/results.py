@@ -7,6 +7,7 @@ import math
 import operator
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -153,17 +154,37 @@ def check_format(path: str | Path) -> str:
     return suffix
 
 
+def run_info(dataset, providers, history: str, record_mode: str, params: dict) -> dict:
+    """What `harness view` shows about a run: kept in `frame.attrs["run"]` and saved with it."""
+    return {
+        "dataset": dataset.name,
+        "dataset_path": str(dataset.path) if dataset.path is not None else None,
+        "providers": [{"name": p.name, "protocol": p.protocol, "model": p.model} for p in providers],
+        "history": history, "record_mode": record_mode, "params": dict(params),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_file(path: str | Path) -> Path:
+    """Where a CSV or JSONL results file keeps its run metadata (Parquet keeps it inside)."""
+    return Path(f"{path}.run.json")
+
+
 def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
     suffix = check_format(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif suffix == ".csv":
-        frame.to_csv(path, index=False)
+        frame.to_parquet(path, index=False)  # frame.attrs (the run) go into its metadata
     else:
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        if frame.attrs.get("run"):
+            run_file(path).write_text(json.dumps(frame.attrs["run"], indent=1) + "\n",
+                                      encoding="utf-8")
     return path
 
 
@@ -185,10 +206,19 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow/parser errors have no common base
         raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    run = frame.attrs.get("run")
+    if run is None and run_file(path).is_file():
+        try:
+            run = json.loads(run_file(path).read_text(encoding="utf-8"))
+        except ValueError:
+            run = None  # metadata only feeds the view's header: never a reason to fail
     try:
-        return normalize(frame)
+        frame = normalize(frame)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    frame.attrs = {"run": run} if isinstance(run, dict) else {}
+    frame.attrs["path"] = str(path)
+    return frame
 
 
 class Journal:
