@@ -7,6 +7,7 @@ traceback; `diff` exits 1 when the runs differ.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,14 +42,35 @@ def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: in
                   header_style="bold")
     frame = frame.reset_index() if index else frame
     cells = [[_cell(v, max_chars) for v in row] for row in frame.itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) or bool(cells) and all(
+        _NUMBER.match(r[k]) for r in cells) for k, c in enumerate(frame.columns)]
+    widths = _widths(frame.columns, cells, numeric, console.width)
     for k, column in enumerate(frame.columns):
-        numeric = pd.api.types.is_numeric_dtype(frame[column])
-        width = max([len(str(column)), *(len(r[k]) for r in cells)]) if numeric else None
-        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=True,
-                         overflow="ellipsis", min_width=width)
+        table.add_column(str(column), justify="right" if numeric[k] else "left", no_wrap=True,
+                         overflow="ellipsis", width=widths[k])
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def _widths(columns, cells: list[list[str]], numeric: list[bool], total: int) -> list[int]:
+    """Column widths that fit `total`: numbers keep their width, texts share what is left."""
+    natural = [max([len(str(c)), *(len(r[k]) for r in cells)]) for k, c in enumerate(columns)]
+    room = total - 2 * (len(natural) - 1)
+    if sum(natural) <= room:
+        return natural
+    widths = list(natural)
+    texts = [k for k, is_number in enumerate(numeric) if not is_number]
+    left = room - sum(natural[k] for k in range(len(natural)) if numeric[k])
+    for k in sorted(texts, key=lambda k: natural[k]):  # narrow texts first, whole if they fit
+        share = max(3, left // max(1, len(texts)))
+        widths[k] = min(natural[k], share)
+        left -= widths[k]
+        texts.remove(k)
+    return widths
+
+
+_NUMBER = re.compile(r"^(—|-?[\d.,]+[kMG]?)$")
 
 
 def _cell(value: object, max_chars: int) -> str:

@@ -80,7 +80,7 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame,
     """
     key = SORT_KEY
     columns = tuple(c for c in columns if c not in ignore)
-    limits = _tolerances(columns, tolerance or {})
+    limits = _tolerances(columns, tolerance or {}, baseline)
     merged = baseline[[*key, *columns]].merge(
         current[[*key, *columns]], on=key, how="outer", suffixes=("_before", "_after"),
         indicator=True)
@@ -110,14 +110,16 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame,
     return out.sort_values(key, kind="stable").reset_index(drop=True)
 
 
-def _tolerances(columns: tuple[str, ...], tolerance: dict[str, float]) -> dict[str, float]:
+def _tolerances(columns: tuple[str, ...], tolerance: dict[str, float],
+                frame: pd.DataFrame) -> dict[str, float]:
     out = {}
     for name, limit in tolerance.items():
         targets = [c for c in columns if c.endswith("_tokens")] if name == "tokens" else [name]
         for column in targets:
-            if column not in columns:
-                raise ValueError(f"--tolerance {name}: not a compared column "
-                                 f"(expected tokens or one of {', '.join(columns)})")
+            numbers = [c for c in columns if pd.api.types.is_numeric_dtype(frame[c])]
+            if column not in numbers:
+                raise ValueError(f"--tolerance {name}: not a compared numeric column "
+                                 f"(expected tokens or one of {', '.join(numbers)})")
             out[column] = float(limit)
     return out
 
