@@ -29,7 +29,7 @@ def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
     present = [r for r in (*FINISH_REASONS, "skipped") if r in table.columns]
     table = table.reindex(columns=present + [c for c in table.columns if c not in present])
     table.columns.name = None
-    return table.reindex(list(dict.fromkeys(results["provider"])))
+    return table.reindex(list(dict.fromkeys(results["provider"]))).astype("Int64")
 
 
 def usage(results: pd.DataFrame) -> pd.DataFrame:
@@ -153,3 +153,52 @@ def _short(value, width: int) -> str:
         return "NA"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def conversation(results: pd.DataFrame, conversation_id: str,
+                 providers: list[str] | None = None) -> pd.DataFrame:
+    """One conversation turn by turn: the user's message, the dataset's reply, each provider's.
+
+    One row per message (`role` is user, reference or reply; `provider` names who replied),
+    so it reads top to bottom like the chat it was.
+    """
+    rows = results[results["conversation_id"] == conversation_id]
+    if rows.empty:
+        known = ", ".join(list(dict.fromkeys(results["conversation_id"]))[:5])
+        raise KeyError(f"no conversation {conversation_id!r} in these results (e.g. {known})")
+    if providers is not None:
+        rows = rows[rows["provider"].isin(providers)]
+    out = []
+    for turn, group in rows.groupby("turn", sort=True):
+        first = group.iloc[0]
+        out.append({"turn": turn, "role": "user", "provider": None, "text": first["prompt"]})
+        if not pd.isna(first["reference"]):
+            out.append({"turn": turn, "role": "reference", "provider": None,
+                        "text": first["reference"]})
+        for row in group.itertuples(index=False):
+            out.append({"turn": turn, "role": "reply", "provider": row.provider,
+                        "text": row.response if row.status == "ok" else f"[{row.status}] {row.error}",
+                        "finish_reason": row.finish_reason, "output_tokens": row.output_tokens,
+                        "latency_ms": row.latency_ms})
+    frame = pd.DataFrame(out, columns=["turn", "role", "provider", "text", "finish_reason",
+                                       "output_tokens", "latency_ms"])
+    return frame.astype({"turn": "Int64", "role": "string", "provider": "string", "text": "string",
+                         "finish_reason": "string", "output_tokens": "Int64",
+                         "latency_ms": "Float64"})
+
+
+def show(frame: pd.DataFrame, na: str = "—"):
+    """A table for a notebook: text columns left-aligned with their line breaks, NA as `na`.
+
+    Returns a pandas Styler (needs jinja2, in the `dev` extra), or the frame itself without it.
+    """
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        return frame
+    text = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])
+            or frame[c].dtype == object]
+    return (frame.style.hide(axis="index")
+            .format(na_rep=na, precision=1)
+            .set_properties(subset=text, **{"text-align": "left", "white-space": "pre-wrap"})
+            .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}]))

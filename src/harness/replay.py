@@ -374,10 +374,9 @@ async def replay_async(
     limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text, not a widget: a saved notebook keeps the final count
 
-    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress,
-               leave=False)
+    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress)
 
     def emit(result: TurnResult, fresh: bool = True) -> None:
         rows.append(result)
@@ -414,8 +413,44 @@ async def replay_async(
     return frame
 
 
-def replay(dataset: Dataset, providers: Sequence[Provider], **kwargs: Any) -> pd.DataFrame:
-    """Synchronous `replay_async`; works inside Jupyter's running event loop too."""
+ProviderSpec = str | Provider
+
+
+def providers_for(providers: ProviderSpec | Sequence[ProviderSpec] | None, dataset: Dataset,
+                  providers_file: str | Path | None = None,
+                  cassette_dir: str | Path = "cassettes") -> list[Provider]:
+    """Names, Providers or a mix as Providers; names are looked up among the presets and
+    `providers_file` (default: `harness.toml` in the working directory, as the CLI does).
+    None means every provider with cassettes for this dataset."""
+    from .providers import load_providers_file, resolve
+
+    if providers_file is None and Path("harness.toml").is_file():
+        providers_file = "harness.toml"
+    extra = load_providers_file(providers_file) if providers_file is not None else {}
+    if providers is None:
+        folder = Path(cassette_dir) / dataset.name
+        providers = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        if not providers:
+            raise ProviderConfigError(f"no cassettes for {dataset.name!r} under {folder}/: "
+                                      "name the providers to replay against")
+    if isinstance(providers, str | Provider):
+        providers = [providers]
+    return [p if isinstance(p, Provider) else resolve([p], extra)[0] for p in providers]
+
+
+def replay(dataset: Dataset | str | Path,
+           providers: ProviderSpec | Sequence[ProviderSpec] | None = None, *,
+           providers_file: str | Path | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Synchronous `replay_async`; works inside Jupyter's running event loop too.
+
+    `dataset` may be a path; `providers` names, Providers or a mix (see `providers_for`).
+    """
+    if not isinstance(dataset, Dataset):
+        from .datasets import load_dataset
+
+        dataset = load_dataset(dataset)
+    providers = providers_for(providers, dataset, providers_file,
+                              kwargs.get("cassette_dir", "cassettes"))
     try:
         asyncio.get_running_loop()
     except RuntimeError:
