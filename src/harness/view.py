@@ -6,20 +6,21 @@ runs' data as JSON: it opens from a file or a CI artifact with no network at all
 
 from __future__ import annotations
 
-import json
 import math
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
+import pyarrow as pa
 
 from . import compare
 from .datasets import Turn, conversation_turns, load_dataset
 from .messages import Conversation, Reply
 from .results import COLUMNS
 
-ROW_COLUMNS = ("conversation_id", "turn", "provider", "model", "prompt", "reference", "response",
+ROW_COLUMNS = ("conversation_id", "turn", "provider", "model", "prompt", "response",
                "finish_reason", "raw_finish_reason", "status", "input_tokens", "output_tokens",
                "latency_ms", "http_status", "attempts", "error")
 
@@ -32,8 +33,16 @@ def _value(v: Any) -> Any:
     return v
 
 
+def _list(values: pd.Series) -> list:
+    """A column as plain Python values, None for missing (through Arrow: fast at 100k rows)."""
+    try:
+        return pa.array(values, from_pandas=True).to_pylist()
+    except (pa.ArrowException, TypeError, ValueError):
+        return [_value(v) for v in values.tolist()]
+
+
 def _columns(frame: pd.DataFrame, names: list[str]) -> dict[str, list]:
-    return {c: [_value(v) for v in frame[c].tolist()] for c in names}
+    return {c: _list(frame[c]) for c in names}
 
 
 def _table(frame: pd.DataFrame) -> dict[str, Any]:
@@ -76,13 +85,15 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     history = run.get("history", "auto")
-    wanted = set(results["conversation_id"])
-    ok = results[results["status"] == "ok"]
+    wanted = set(_list(results["conversation_id"]))
     replies: dict[tuple[str, str], dict[int, Reply]] = {}
-    for cid, provider, turn, text, reason in zip(ok["conversation_id"], ok["provider"], ok["turn"],
-                                                 ok["response"], ok["finish_reason"], strict=True):
-        replies.setdefault((cid, provider), {})[int(turn)] = Reply(
-            text=_value(text) or "", finish_reason=_value(reason) or "other")
+    if history != "reference":  # the providers' own replies are part of what was sent
+        ok = results[results["status"] == "ok"]
+        for cid, provider, turn, text, reason in zip(
+                *(_list(ok[c]) for c in ("conversation_id", "provider", "turn", "response",
+                                          "finish_reason")), strict=True):
+            replies.setdefault((cid, provider), {})[turn] = Reply(
+                text=text or "", finish_reason=reason or "other")
     providers = list(dict.fromkeys(results["provider"]))
     out: dict[str, Any] = {}
     for conversation in dataset.conversations:
@@ -106,7 +117,9 @@ def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = N
         "name": name,
         "meta": run,
         "providers": list(dict.fromkeys(results["provider"])),
-        "rows": _columns(results, [c for c in ROW_COLUMNS if c in results.columns] + extra),
+        "rows": _columns(results.assign(prompt=results["prompt"].where(
+            ~results.duplicated(["conversation_id", "turn"]))),  # once per turn, not per provider
+            [c for c in ROW_COLUMNS if c in results.columns] + extra),
         "extra": extra,
         "usage": _table(compare.usage(results)),
         "finish": _table(compare.finish_reasons(results)),
@@ -115,8 +128,8 @@ def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = N
     }
     if baseline is not None:
         changes = compare.diff(baseline, results)
-        index = {key: i for i, key in enumerate(zip(results["conversation_id"], results["turn"],
-                                                    results["provider"], strict=True))}
+        index = {key: i for i, key in enumerate(zip(
+            *(_list(results[c]) for c in ("conversation_id", "turn", "provider")), strict=True))}
         removed = []
         for row in changes.itertuples(index=False):
             entry = {"change": row.change,
@@ -137,7 +150,7 @@ def _asset(name: str) -> str:
 
 
 def _script_json(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     # inside <script>, "</" could close the element and U+2028/9 end a JS line
     return text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 

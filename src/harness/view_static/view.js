@@ -308,14 +308,21 @@
     const series = run.providers.map((p) => run.rows[column].filter((v, i) => run.rows.provider[i] === p && typeof v === "number")
       .sort((a, b) => a - b));
     const all = series.flat();
-    const box = el("div", {class: "chart", id}, el("h3", {}, title));
-    if (!all.length) { box.append(el("p", {class: "note"}, "no values")); return box; }
-    const lo = Math.min(...all), hi = Math.max(lo + 1, Math.max(...all));
-    const X = (v) => L + (W - L - 10) * (v - lo) / (hi - lo), Y = (f) => 8 + (H - B - 8) * (1 - f);
+    const box = el("div", {class: "chart", id});
+    if (!all.length) { box.append(el("h3", {}, title), el("p", {class: "note"}, "no values")); return box; }
+    const lo = all.reduce((a, b) => Math.min(a, b)), hi = Math.max(lo + 1, all.reduce((a, b) => Math.max(a, b)));
+    const log = lo > 0 && hi / lo > 20;  // e.g. a stub at 50 ms next to a model at 5 s
+    const scale = log ? Math.log : (v) => v;
+    const X = (v) => L + (W - L - 10) * (scale(v) - scale(lo)) / (scale(hi) - scale(lo));
+    const Y = (f) => 8 + (H - B - 8) * (1 - f);
+    if (log) title += " (log scale)";
     const g = svg("svg", {width: W, height: H, role: "img", "aria-label": title});
     g.append(svg("line", {x1: L, y1: Y(0), x2: W - 10, y2: Y(0), stroke: "#999"}), svg("line", {x1: L, y1: Y(0), x2: L, y2: Y(1), stroke: "#999"}));
     for (const f of [0, 0.5, 1]) g.append(svg("text", {x: L - 4, y: Y(f) + 4, "text-anchor": "end"}, f.toFixed(1)));
-    g.append(svg("text", {x: L, y: H - 8}, fmt(lo)), svg("text", {x: W - 10, y: H - 8, "text-anchor": "end"}, `${fmt(hi)} ${unit}`));
+    const mid = log ? Math.sqrt(lo * hi) : (lo + hi) / 2;
+    g.append(svg("text", {x: L, y: H - 8}, fmt(lo)), svg("text", {x: X(mid), y: H - 8, "text-anchor": "middle"}, fmt(Math.round(mid))),
+      svg("text", {x: W - 10, y: H - 8, "text-anchor": "end"}, `${fmt(hi)} ${unit}`));
+    box.append(el("h3", {}, title));
     series.forEach((vals, k) => { if (!vals.length) return;
       const step = Math.max(1, Math.floor(vals.length / 400));  // at most ~400 points a line
       let d = `M${X(vals[0])},${Y(0)}`;
@@ -347,4 +354,5 @@
   useRun(0);
   render();
   document.body.dataset.ready = "1";
+  performance.mark("harness-rendered");
 })();
