@@ -174,3 +174,29 @@ def test_the_page_in_a_real_browser(runs, browser, tmp_path):
     assert requested == [url] and not errors
     assert all((tmp_path / f"{n}.png").stat().st_size > 0 for n in
                ("1-matrix", "2-search", "3-filters", "4-thread", "5-diff", "6-charts"))
+
+
+def test_notebook_charts_survive_a_run_without_token_counts(runs):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from harness import report
+
+    frame = results.load(runs["base"])
+    frame["output_tokens"] = pd.array([None] * len(frame), dtype="Int64")
+    ax = report.plot_tokens(frame, ax=Figure().subplots())
+    assert "no token counts" in ax.get_title()
+    assert report.plot_latency(frame, ax=Figure().subplots()).get_title() == "Latency"
+
+
+def test_columns_other_steps_add_reach_the_page(runs):
+    from harness.view import html_page
+
+    frame = results.load(runs["base"])
+    frame["cost_usd"] = pd.array([0.001] * len(frame), dtype="Float64")
+    frame["score_exact"] = pd.array([1.0, None] * (len(frame) // 2), dtype="Float64")
+    page = runs["folder"] / "extra.html"
+    page.write_text(html_page([("with cost", frame)]), encoding="utf-8")
+    run = _data(page)["runs"][0]
+    assert run["extra"] == ["cost_usd", "score_exact"]
+    assert run["rows"]["cost_usd"][0] == 0.001 and run["rows"]["score_exact"][1] is None

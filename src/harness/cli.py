@@ -7,6 +7,7 @@ traceback; `diff` exits 1 when the runs differ.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -31,8 +32,10 @@ class UsageError(Exception):
 
 
 def _console(stderr: bool = False) -> Console:
-    # rich takes the width from the terminal, else $COLUMNS, else 80
-    return Console(stderr=stderr)
+    # the terminal's width, else $COLUMNS; piped into a file or a program without
+    # either, 160 (the summary fits 80 whatever the width)
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if wide else None)
 
 
 def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: int = 80,

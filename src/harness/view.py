@@ -52,9 +52,9 @@ def _table(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _extra_columns(frame: pd.DataFrame) -> list[str]:
-    """Columns other helpers add (cost, scores, ...): shown wherever they exist."""
+    """Numeric columns beyond the base set (cost, scores, ...): shown wherever they exist."""
     return [c for c in frame.columns if c not in COLUMNS and c not in ROW_COLUMNS
-            and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c]))]
+            and pd.api.types.is_numeric_dtype(frame[c])]
 
 
 def _sent(conversation: Conversation, turns: list[Turn], history: str,
@@ -151,8 +151,9 @@ def _asset(name: str) -> str:
 
 def _script_json(value: Any) -> str:
     text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    # inside <script>, "</" could close the element and U+2028/9 end a JS line
-    return text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    # "<" only occurs inside JSON strings, where \u003c means the same: no text can close
+    # the <script> element or open an HTML comment in it
+    return text.replace("<", "\\u003c")
 
 
 def html_page(runs: list[tuple[str, pd.DataFrame]], baseline: pd.DataFrame | None = None,

@@ -152,7 +152,8 @@
     const facts = el("div", {class: "facts"}, el("span", {class: "badge " + reason}, reason),
       r.output_tokens[i] !== null ? el("span", {}, `${fmt(r.output_tokens[i])} out`) : null,
       r.latency_ms[i] !== null ? el("span", {}, `${ms(r.latency_ms[i])} ms`) : null,
-      ...run.extra.filter((c) => typeof r[c][i] === "number").map((c) => el("span", {}, `${c} ${fmt(r[c][i])}`)));
+      ...run.extra.filter((c) => typeof r[c][i] === "number" && !c.endsWith("_tokens"))  // costs, scores
+        .map((c) => el("span", {}, `${c} ${fmt(r[c][i])}`)));
     const td = el("td", {class: change ? "changed" : r.status[i] !== "ok" ? "errored" : null, "data-row": i}, reply, facts);
     if (change) {
       const box = el("div", {hidden: true}, changeView(change, i));
