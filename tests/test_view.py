@@ -59,6 +59,7 @@ def test_page_carries_the_run_and_fetches_nothing(runs):
     # auto history on a dataset with replies: the messages sent are the dataset's own
     sent = run["threads"]["capital-followup"]["local-smollm2"]
     assert sent["messages"][0][0] == "system" and sent["cuts"] == [2, 4, 6]
+    assert {source for _, _, source in sent["messages"]} == {"dataset"}
     assert data["runs"][1]["changes"] == {}  # the baseline against itself
 
 
@@ -151,6 +152,7 @@ def test_the_page_in_a_real_browser(runs, browser, tmp_path):
     text = thread.inner_text()
     assert "concise geography tutor" in text  # the system prompt, as sent
     assert "The capital of France is Paris." in text  # the dataset's reply sent back at turn 2
+    assert "the dataset's reply" in text.lower()
     assert "Lyon" in text and "changed against the baseline" in text
     shot("4-thread")
 
@@ -200,3 +202,22 @@ def test_columns_other_steps_add_reach_the_page(runs):
     run = _data(page)["runs"][0]
     assert run["extra"] == ["cost_usd", "score_exact"]
     assert run["rows"]["cost_usd"][0] == 0.001 and run["rows"]["score_exact"][1] is None
+
+
+def test_the_thread_of_a_self_history_run_holds_the_providers_own_replies(tmp_path):
+    from conftest import SMALL_RECORDS, stub_providers
+
+    from harness import replay
+    from harness.stub_server import StubServer
+    from harness.view import run_data
+
+    dataset = tmp_path / "small.jsonl"
+    dataset.write_text("\n".join(json.dumps(r) for r in SMALL_RECORDS) + "\n", encoding="utf-8")
+    with StubServer() as stub:
+        frame = replay(dataset, stub_providers(stub.base_url)[:2], history="self",
+                       record_mode="all", cassette_dir=tmp_path / "c", progress=False)
+    sent = run_data(frame, "self")["threads"]["c1"]["stub-openai"]
+    own = frame[(frame["conversation_id"] == "c1") & (frame["provider"] == "stub-openai")]
+    assert sent["cuts"] == [2, 4]
+    assert sent["messages"][2] == ["assistant", own["response"].iloc[0], "own"]  # not "Paris."
+    assert sent["messages"][3] == ["user", "And its river?", "dataset"]

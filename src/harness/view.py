@@ -72,7 +72,9 @@ def _sent(conversation: Conversation, turns: list[Turn], history: str,
         if len(prefix) > len(longest):
             longest = prefix
         cuts.append(len(prefix))
-    return {"messages": [[m.role, m.content] for m in longest], "cuts": cuts}
+    dataset_ids = {id(m) for m in conversation.messages}  # else the provider's own reply
+    return {"messages": [[m.role, m.content, "dataset" if id(m) in dataset_ids else "own"]
+                         for m in longest], "cuts": cuts}
 
 
 def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:

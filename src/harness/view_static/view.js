@@ -201,8 +201,9 @@
   }
 
   // -- thread --
-  function message(role, content, extra) {
-    return el("div", {class: "msg " + role + (extra ? " " + extra : "")}, el("span", {class: "role"}, role), content);
+  function message(role, content, source) {
+    const label = role !== "assistant" ? role : source === "own" ? "assistant · its own earlier reply" : "assistant · the dataset's reply";
+    return el("div", {class: "msg " + role}, el("span", {class: "role"}, label), content);
   }
   function thread() {
     const r = run.rows, cid = state.thread, p = state.threadProvider;
@@ -224,8 +225,8 @@
       if (sent && cut !== null && cut !== undefined) {
         const msgs = sent.messages;
         if (seen > 0) parts.push(el("details", {class: "earlier"}, el("summary", {}, `${seen} earlier messages sent again`),
-          msgs.slice(0, seen).map(([role, text]) => message(role, text))));
-        parts.push(msgs.slice(seen, cut).map(([role, text]) => message(role, text)));
+          msgs.slice(0, seen).map(([role, text, source]) => message(role, text, source))));
+        parts.push(msgs.slice(seen, cut).map(([role, text, source]) => message(role, text, source)));
         seen = cut;
       } else parts.push(message("user", g.prompt));
       if (i !== undefined) {
