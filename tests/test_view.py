@@ -137,6 +137,9 @@ def test_the_page_in_a_real_browser(runs, browser, tmp_path):
     shot("3-filters")
     page.uncheck("#changed-only")
     page.select_option("#reason-filter", "")
+    page.check("#errored-only")  # the demo has no failed turn
+    assert page.inner_text("#count") == "0 of 26 turns"
+    page.uncheck("#errored-only")
 
     page.click("#matrix thead th[data-sort='local-smollm2']")  # sort by that provider's tokens
     page.click("#matrix thead th[data-sort='local-smollm2']")
