@@ -469,6 +469,15 @@ def dataset_folder(root: str | Path, dataset: str) -> Path:
     return Path(root) / _safe_name(dataset)
 
 
+def recorded_providers(root: str | Path, dataset: str) -> list[str]:
+    """The providers with a cassette folder for `dataset`, sorted."""
+    folder = dataset_folder(root, dataset)
+    if not folder.is_dir():
+        return []
+    # judge-<provider>/ folders hold a judge's calls (harness score --judge), not a provider's
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("judge-"))
+
+
 @functools.lru_cache(maxsize=256)
 def _folder(root: str | Path, dataset: str, provider: str) -> Path:
     folder = dataset_folder(root, dataset) / _safe_name(provider)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from . import compare, costs, foreign, results, scores
-from .cassettes import RECORD_MODES, CassetteError, MissingRecording, _safe_name, dataset_folder, scrub_text
+from .cassettes import (
+    RECORD_MODES,
+    CassetteError,
+    MissingRecording,
+    _safe_name,
+    recorded_providers,
+    scrub_text,
+)
 from .datasets import DatasetError, load_dataset
 from .providers import (
     PRESETS,
@@ -74,20 +82,48 @@ def _timeout(text: str) -> float:
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+    # the terminal's width, else $COLUMNS; piped into a file or a program without
+    # either, 160 (the summary fits 80 whatever the width)
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if wide else None)
 
 
 def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: int = 80,
                 index: bool = False) -> None:
-    """A DataFrame as a rich table, long texts shortened to `max_chars`."""
-    table = Table(title=title, title_justify="left", show_lines=False)
+    """A DataFrame as a rich table: texts cut with "…", numbers never cut or folded."""
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                  header_style="bold")
     frame = frame.reset_index() if index else frame
-    for column in frame.columns:
-        numeric = pd.api.types.is_numeric_dtype(frame[column])
-        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v, max_chars) for v in row))
+    cells = [[_cell(v, max_chars) for v in row] for row in frame.itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) or bool(cells) and all(
+        _NUMBER.match(r[k]) for r in cells) for k, c in enumerate(frame.columns)]
+    widths = _widths(frame.columns, cells, numeric, console.width)
+    for k, column in enumerate(frame.columns):
+        table.add_column(str(column), justify="right" if numeric[k] else "left", no_wrap=True,
+                         overflow="ellipsis", width=widths[k])
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+
+
+def _widths(columns, cells: list[list[str]], numeric: list[bool], total: int) -> list[int]:
+    """Column widths that fit `total`: numbers keep their width, texts share what is left."""
+    natural = [max([len(str(c)), *(len(r[k]) for r in cells)]) for k, c in enumerate(columns)]
+    room = total - 2 * (len(natural) - 1)
+    if sum(natural) <= room:
+        return natural
+    widths = list(natural)
+    texts = [k for k, is_number in enumerate(numeric) if not is_number]
+    left = room - sum(natural[k] for k in range(len(natural)) if numeric[k])
+    for k in sorted(texts, key=lambda k: natural[k]):  # narrow texts first, whole if they fit
+        share = max(3, left // max(1, len(texts)))
+        widths[k] = min(natural[k], share)
+        left -= widths[k]
+        texts.remove(k)
+    return widths
+
+
+_NUMBER = re.compile(r"^(—|-?[\d.,]+[kMG]?)$")
 
 
 def _cell(value: object, max_chars: int) -> str:
@@ -107,13 +143,64 @@ SHORT_NAMES = {
 }
 
 
-def print_report(frame: pd.DataFrame, console: Console,
+def _compact(value: object) -> object:
+    """12345 -> '12.3k': keeps the summary inside 80 columns."""
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= limit * 10:
+            return f"{number / limit:.0f}{suffix}"
+        if abs(number) >= limit:
+            return f"{number / limit:.1f}{suffix}"
+    return f"{number:.0f}" if number == int(number) else f"{number:.1f}"
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per provider: turns, ok, errors, each finish reason, tokens, latency p50, cost."""
+    usage = compare.usage(frame)
+    reasons = compare.finish_reasons(frame).drop(columns=["error", "skipped"], errors="ignore")
+    table = pd.DataFrame({"turns": usage["turns"], "ok": usage["ok"],
+                          "err": usage["errors"] + usage["skipped"]}, index=usage.index)
+    table = table.join(reasons)
+    for column, name in (("input_tokens", "in tok"), ("output_tokens", "out tok"),
+                         ("latency_p50_ms", "p50 ms")):
+        if column in usage:
+            table[name] = usage[column].map(_compact).astype("string")
+    cost = usage["cost_usd"] if "cost_usd" in usage else (
+        frame.groupby("provider", sort=False)["cost_usd"].sum(min_count=1)
+        if "cost_usd" in frame else None)
+    if cost is not None:
+        table["cost $"] = cost.map(lambda v: None if pd.isna(v) else f"{v:.4g}").astype("string")
+    return table
+
+
+def print_summary(frame: pd.DataFrame, console: Console, title: str = "Summary") -> None:
+    """The default output of `replay` and `compare`: one line per provider, fits 80 columns."""
+    print_frame(summary(frame), title, console, index=True, max_chars=30)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        first = failed.iloc[0]
+        console.print(_cell(f"{len(failed)} turns failed or were skipped; first: "
+                            f"{first['conversation_id']} turn {first['turn']} {first['provider']}: "
+                            f"{first['error']}", max(20, console.width)), overflow="ellipsis",
+                      no_wrap=True, crop=True)
+
+
+SHOW = ("summary", "replies", "all")
+
+
+def print_report(frame: pd.DataFrame, console: Console, show: str = "summary",
                  providers: dict[str, Provider] | None = None) -> None:
-    """The comparison tables of one run, then why any cost is $0 or NA."""
-    print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
-    print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
-    usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
-    print_frame(usage, "Token usage and latency", console, index=True)
+    """What `replay` and `compare` print: the summary (with tool-call matches and scores where
+    the results have them, and why any cost is $0 or NA); the replies side by side on request."""
+    if show in ("replies", "all"):
+        wide = compare.side_by_side(frame).drop(columns=["reference"])
+        print_frame(wide, "Replies, side by side", console, max_chars=60)
+    if show == "all":
+        print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
+        usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
+        print_frame(usage, "Token usage and latency", console, index=True)
     if frame["reference_tool_calls"].notna().any():
         print_frame(compare.tool_calls(frame), "Tool calls against the dataset's", console,
                     index=True)
@@ -121,13 +208,41 @@ def print_report(frame: pd.DataFrame, console: Console,
     if scored:
         print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
                     index=True)
-    errors = frame[frame["status"] != "ok"]
-    if len(errors):
-        print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
-                            "attempts", "error"]], "Errors and skipped turns", console,
-                    max_chars=100)
+    print_summary(frame, console)
     for line in costs.unpriced_summary(frame, providers):
         console.print(line, highlight=False)
+
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def text(v: object) -> str:
+        return _cell(v, 10**6).replace("|", "\\|")
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_tables(tables: dict[str, pd.DataFrame], fmt: str, out=None) -> None:
+    """Tables as markdown (a heading each), CSV (a `# title` line each) or one JSON object."""
+    out = out or sys.stdout
+    if fmt == "json":
+        import json
+
+        payload = {name: json.loads(t.to_json(orient="records", force_ascii=False))
+                   for name, t in tables.items()}
+        out.write(json.dumps(payload if len(tables) > 1 else next(iter(payload.values())),
+                             ensure_ascii=False, indent=1) + "\n")
+        return
+    for k, (name, table) in enumerate(tables.items()):
+        if fmt == "markdown":
+            out.write(("\n" if k else "") + f"## {name}\n\n{_markdown(table)}\n")
+        else:
+            if len(tables) > 1:
+                out.write(("\n" if k else "") + f"# {name}\n")
+            table.to_csv(out, index=False, lineterminator="\n")
 
 
 def _user_providers(path: str | None) -> dict[str, Provider]:
@@ -135,14 +250,6 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
         return load_providers_file(path)
     default = Path(USER_PROVIDERS_FILE)
     return load_providers_file(default) if default.exists() else {}
-
-
-def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
-    folder = dataset_folder(cassette_dir, dataset_name)
-    if not folder.is_dir():
-        return []
-    # judge-<provider>/ folders hold a judge's calls (harness score --judge), not a provider's
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("judge-"))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -157,7 +264,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          f"(expected at most {MAX_CONCURRENCY} conversations at once)")
     dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools)
     extra = _user_providers(args.providers_file)
-    names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)
+    names = args.provider or recorded_providers(args.cassettes, dataset.name)
     if not names:
         raise UsageError(
             f"no cassettes for {dataset.name!r} under {args.cassettes}/{dataset.name}/: "
@@ -187,11 +294,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
         order = [c.id for c in dataset.conversations]
         return _interrupted(args, results.to_frame(finished, order=order), total, journal)
-    print_report(frame, console, {p.name: p for p in providers})
+    print_report(frame, console, args.show, {p.name: p for p in providers})
     if args.out:
         path = results.save(frame, args.out)
         journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
-        console.print(f"wrote {len(frame)} rows to {path}")
+        console.print(f"wrote {len(frame)} rows to {path} (see them in a browser: "
+                      f"harness view {path})", overflow="fold")
     return 0
 
 
@@ -226,7 +334,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frame = results.load(args.results, extra)
     if args.metric:
         return _print_significance(frame, args.metric, args.seed)
-    print_report(frame, _console(), extra)
+    if args.format == "table":
+        print_report(frame, _console(), args.show, extra)
+        return 0
+    tables = {"summary": summary(frame).reset_index(),
+              "finish_reasons": compare.finish_reasons(frame).reset_index(),
+              "usage": compare.usage(frame).reset_index()}
+    if args.show in ("replies", "all"):
+        tables["replies"] = compare.side_by_side(frame)
+    write_tables(tables, args.format)
     return 0
 
 
@@ -311,29 +427,57 @@ def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
     return [frame, *tables]
 
 
+def _tolerance(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--tolerance {item}: expected COLUMN=NUMBER, e.g. tokens=5") from None
+    return out
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
+    unknown = [c for c in args.ignore if c not in compare.DIFF_COLUMNS]
+    if unknown:
+        raise UsageError(f"--ignore {unknown[0]}: not a compared column "
+                         f"(expected one of {', '.join(compare.DIFF_COLUMNS)})")
+    if args.junit_xml:
+        check_output(args.junit_xml, [args.baseline, args.current], flag="--junit-xml")
     before, after = results.load(args.baseline), results.load(args.current)
-    changes = compare.diff(before, after)
+    changes = compare.diff(before, after, ignore=tuple(args.ignore),
+                           tolerance=_tolerance(args.tolerance))
+    if args.junit_xml:
+        from .junit import write_junit
+
+        write_junit(changes, after, before, args.junit_xml, suite=f"harness diff {args.baseline}")
+    if args.format != "table":
+        write_tables({"changes": changes}, args.format)
+        return 1 if len(changes) else 0
     console = _console()
     if changes.empty:
         console.print(f"no changes: {len(after)} rows match {args.baseline}")
         return 0
-    shown = changes[["conversation_id", "turn", "provider", "change", "response_before",
-                     "response_after", "finish_reason_before", "finish_reason_after",
-                     "output_tokens_before", "output_tokens_after"]]
+    shown = changes[[c for c in ("conversation_id", "turn", "provider", "change",
+                                 "response_before", "response_after", "finish_reason_before",
+                                 "finish_reason_after", "output_tokens_before",
+                                 "output_tokens_after") if c in changes.columns]]
     print_frame(shown, f"{len(changes)} changed rows", console, max_chars=50)
     return 1
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_html
+def cmd_view(args: argparse.Namespace) -> int:
+    from .view import write_view
 
-    check_output(args.html, [args.results, args.baseline], force=args.force, flag="--html")
-    frame = results.load(args.results)
+    out = args.out
+    inputs = [*args.results, *([args.baseline] if args.baseline else [])]
+    check_output(out, inputs, force=args.force, flag="--out")
+    runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
-    path = write_html(frame, args.html, title=args.title or f"harness report: {args.results}",
-                      baseline=baseline)
-    _console().print(f"wrote {path}")
+    title = args.title or "harness view"
+    path = write_view(runs, out, baseline=baseline, title=title)
+    _console().print(f"wrote {path} ({path.stat().st_size // 1024} KiB): open it in a browser")
     return 0
 
 
@@ -493,7 +637,7 @@ def add_foreign_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m harness",
+        prog="harness",
         description="Replay multi-turn chat datasets against LLM providers and compare them.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -535,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "FILE.journal.jsonl as they complete, and the same command run again "
                         "after a crash resumes from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--show", choices=SHOW, default="summary",
+                   help="summary: one line per provider (default); replies: also the replies "
+                        "side by side; all: also the full usage tables")
     p.set_defaults(func=cmd_replay)
 
     p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
@@ -543,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead, is the difference between providers on this score real? "
                         "(bootstrap intervals by conversation, paired; McNemar for pass/fail)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--show", choices=SHOW, default="summary",
+                   help="summary (default), replies (side by side too) or all")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for the terminal (default), or markdown, csv, json")
     p.set_defaults(func=cmd_compare)
 
     p = with_common(sub.add_parser("score", help="score replies against the reference"))
@@ -572,15 +723,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
     p.add_argument("baseline")
     p.add_argument("current")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for the terminal (default), or markdown, csv, json")
+    p.add_argument("--ignore", action="append", default=[], metavar="COLUMN",
+                   help=f"leave a column out of the comparison (one of {', '.join(compare.DIFF_COLUMNS)})")
+    p.add_argument("--tolerance", action="append", default=[], metavar="COLUMN=N",
+                   help="count a numeric change of at most N as none; tokens=N for every token count")
+    p.add_argument("--junit-xml", metavar="FILE",
+                   help="also write a JUnit XML report: one test case per row, drifted rows failed")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("report", help="write one self-contained HTML page of tables and charts")
-    p.add_argument("results")
-    p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
-    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p = sub.add_parser("view", help="write one self-contained HTML page to explore results in "
+                                    "a browser (search, filters, threads, diff, charts)")
+    p.add_argument("results", nargs="+", help="results files; several give a switch between runs")
+    p.add_argument("--baseline", metavar="RESULTS", help="highlight what changed against this run")
+    p.add_argument("--out", "-o", default="view.html", metavar="FILE",
+                   help="where to write the page (default: view.html)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.add_argument("--title")
-    p.add_argument("--force", action="store_true", help="replace --html if it exists")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("report", help="the `view` page of one results file (kept for old scripts)")
+    p.add_argument("results", nargs=1)
+    p.add_argument("--html", dest="out", required=True, metavar="FILE", help="where to write the page")
+    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_view)
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)

@@ -36,8 +36,10 @@ from .cassettes import (
     RecordMode,
     begin_rerecording,
     cassette_path,
+    dataset_folder,
     end_rerecording,
     partial_path,
+    recorded_providers,
     scrub_bytes,
     scrub_text,
     scrub_url,
@@ -432,10 +434,9 @@ async def replay_async(
     limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text, not a widget: a saved notebook keeps the final count
 
-    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress,
-               leave=False)
+    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress)
 
     def emit(result: TurnResult, fresh: bool = True) -> None:
         if fresh:  # before it reaches the journal, the table, stdout or a report
@@ -473,13 +474,51 @@ async def replay_async(
             end_rerecording(folder)
     frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
                       {p.name: p for p in run.providers})
+    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
+                                              run.params)
     if log is not None and not keep_journal:
         log.close(remove=True)
     return frame
 
 
-def replay(dataset: Dataset, providers: Sequence[Provider], **kwargs: Any) -> pd.DataFrame:
-    """Synchronous `replay_async`; works inside Jupyter's running event loop too."""
+ProviderSpec = str | Provider
+
+
+def providers_for(providers: ProviderSpec | Sequence[ProviderSpec] | None, dataset: Dataset,
+                  providers_file: str | Path | None = None,
+                  cassette_dir: str | Path = "cassettes") -> list[Provider]:
+    """Names, Providers or a mix as Providers; names are looked up among the presets and
+    `providers_file` (default: `harness.toml` in the working directory, as the CLI does).
+    None means every provider with cassettes for this dataset."""
+    from .providers import load_providers_file, resolve
+
+    if providers_file is None and Path("harness.toml").is_file():
+        providers_file = "harness.toml"
+    extra = load_providers_file(providers_file) if providers_file is not None else {}
+    if providers is None:
+        providers = recorded_providers(cassette_dir, dataset.name)
+        if not providers:
+            raise ProviderConfigError(f"no cassettes for {dataset.name!r} under "
+                                      f"{dataset_folder(cassette_dir, dataset.name)}/: "
+                                      "name the providers to replay against")
+    if isinstance(providers, str | Provider):
+        providers = [providers]
+    return [p if isinstance(p, Provider) else resolve([p], extra)[0] for p in providers]
+
+
+def replay(dataset: Dataset | str | Path,
+           providers: ProviderSpec | Sequence[ProviderSpec] | None = None, *,
+           providers_file: str | Path | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Synchronous `replay_async`; works inside Jupyter's running event loop too.
+
+    `dataset` may be a path; `providers` names, Providers or a mix (see `providers_for`).
+    """
+    if not isinstance(dataset, Dataset):
+        from .datasets import load_dataset
+
+        dataset = load_dataset(dataset)
+    providers = providers_for(providers, dataset, providers_file,
+                              kwargs.get("cassette_dir", "cassettes"))
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -9,6 +9,7 @@ import math
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,22 @@ def check_format(path: str | Path) -> str:
     return suffix
 
 
+def run_info(dataset, providers, history: str, record_mode: str, params: dict) -> dict:
+    """What `harness view` shows about a run: kept in `frame.attrs["run"]` and saved with it."""
+    return {
+        "dataset": dataset.name,
+        "dataset_path": str(dataset.path) if dataset.path is not None else None,
+        "providers": [{"name": p.name, "protocol": p.protocol, "model": p.model} for p in providers],
+        "history": history, "record_mode": record_mode, "params": dict(params),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_file(path: str | Path) -> Path:
+    """Where a CSV or JSONL results file keeps its run metadata (Parquet keeps it inside)."""
+    return Path(f"{path}.run.json")
+
+
 def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
     suffix = check_format(path)
@@ -181,11 +198,15 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".parquet":
-            frame.to_parquet(path, index=False)
-        elif suffix == ".csv":
-            frame.to_csv(path, index=False)
+            frame.to_parquet(path, index=False)  # frame.attrs (the run) go into its metadata
         else:
-            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            if suffix == ".csv":
+                frame.to_csv(path, index=False)
+            else:
+                frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            if frame.attrs.get("run"):
+                run_file(path).write_text(json.dumps(frame.attrs["run"], indent=1) + "\n",
+                                          encoding="utf-8")
     except OSError as exc:  # a full disk says nothing of which file it was writing
         raise ValueError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
@@ -212,6 +233,12 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow/parser errors have no common base
         raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    run = frame.attrs.get("run")
+    if run is None and run_file(path).is_file():
+        try:
+            run = json.loads(run_file(path).read_text(encoding="utf-8"))
+        except ValueError:
+            run = None  # metadata only feeds the view's header: never a reason to fail
     priced = "cost_usd" in frame.columns
     if not priced:  # written before harness priced rows
         frame = frame.assign(cost_usd=None)
@@ -224,13 +251,15 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
         from .costs import add_costs
 
         out = add_costs(out, providers)
-    if not extra:
-        return out
-    extras = frame[extra].copy()
-    for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is present
-        if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":
-            extras[column] = extras[column].astype("boolean")
-    return out.join(extras)
+    if extra:
+        extras = frame[extra].copy()
+        for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is
+            if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":  # present
+                extras[column] = extras[column].astype("boolean")
+        out = out.join(extras)
+    out.attrs = {"run": run} if isinstance(run, dict) else {}
+    out.attrs["path"] = str(path)
+    return out
 
 
 class JournalWriteError(OSError):
