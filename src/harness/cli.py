@@ -7,8 +7,10 @@ traceback; `diff` exits 1 when the runs differ.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -16,16 +18,58 @@ from rich.console import Console
 from rich.table import Table
 
 from . import compare, foreign, results
-from .cassettes import RECORD_MODES, CassetteError, MissingRecording
+from .cassettes import RECORD_MODES, CassetteError, MissingRecording, _safe_name, dataset_folder, scrub_text
 from .datasets import DatasetError, load_dataset
-from .providers import PRESETS, Provider, ProviderConfigError, load_providers_file, resolve
+from .providers import (
+    PRESETS,
+    Provider,
+    ProviderConfigError,
+    check_params,
+    known_secrets,
+    load_providers_file,
+    resolve,
+)
 from .replay import HISTORY_MODES, replay
 
 USER_PROVIDERS_FILE = "harness.toml"
+MAX_CONCURRENCY = 1024
 
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line, exit code 2."""
+
+
+def check_output(path: str | Path, reads: Iterable[str | Path | None] = (), *,
+                 force: bool = True, flag: str = "--out") -> Path:
+    """Refuse, as a UsageError, to write `path` when it is one of the files the command
+    `reads`, lies under a file, is a folder, or (without `force`) already exists."""
+    out = Path(path)
+    target = out.resolve()
+    for source in reads:
+        if source is not None and (Path(source).resolve() == target or (
+                out.exists() and Path(source).exists() and os.path.samefile(source, out))):
+            raise UsageError(f"{flag} {path} is {source}, which this command reads "
+                             "(expected another file)")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    if out.is_dir():
+        raise UsageError(f"{flag} {path} is a folder (expected a file name)")
+    if not force and out.exists():
+        raise UsageError(f"{flag} {path} exists (use --force to replace it)")
+    return out
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 
 
 def _console(stderr: bool = False) -> Console:
@@ -85,15 +129,20 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
 
 
 def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
-    folder = cassette_dir / dataset_name
+    folder = dataset_folder(cassette_dir, dataset_name)
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         results.check_format(args.out)
+        check_output(args.out, [args.dataset, args.answers, args.tools])
+        check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers, args.tools])
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.concurrency > MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency {args.concurrency} is too many "
+                         f"(expected at most {MAX_CONCURRENCY} conversations at once)")
     dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools)
     extra = _user_providers(args.providers_file)
     names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)
@@ -105,6 +154,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     providers = resolve(names, extra)
     params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                 ("seed", args.seed)) if v is not None}
+    try:
+        check_params(params, "--")
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("--max_tokens", "--max-tokens")) from None
     console = _console()
     journal = Path(f"{args.out}.journal.jsonl") if args.out else None
     if journal is not None and journal.exists():
@@ -113,6 +166,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dataset, providers, history=args.history, record_mode=args.record_mode,
         cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
         concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
+        timeout=args.timeout,
     )
     print_report(frame, console)
     if args.out:
@@ -143,6 +197,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_html
 
+    check_output(args.html, [args.results, args.baseline], force=args.force, flag="--html")
     frame = results.load(args.results)
     baseline = results.load(args.baseline) if args.baseline else None
     path = write_html(frame, args.html, title=args.title or f"harness report: {args.results}",
@@ -156,12 +211,13 @@ def cmd_providers(args: argparse.Namespace) -> int:
     cassette_dir = Path(args.cassettes)
     rows = []
     for name, provider in {**PRESETS, **extra}.items():
-        recorded = sorted(d.parent.name for d in cassette_dir.glob(f"*/{name}") if d.is_dir())
+        recorded = sorted(d.parent.name for d in cassette_dir.glob(f"*/{_safe_name(name)}")
+                          if d.is_dir())
         rows.append({
             "provider": name,
             "protocol": provider.protocol,
             "model": provider.model,
-            "url": provider.url,
+            "url": provider.display_url,
             "key": "—" if not provider.api_key_env else (
                 f"{provider.api_key_env} set" if provider.api_key() else
                 f"{provider.api_key_env} missing"),
@@ -246,6 +302,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.out:
         foreign.check_suffix(args.out, "table")
+        check_output(args.out, args.cassettes)
     frame = foreign.inspect_cassettes(args.cassettes)
     console = _console()
     files = frame["file"].nunique()
@@ -259,6 +316,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    for out, flag in ((args.out, "--out"), (args.baseline, "--baseline")):
+        if out is not None:
+            check_output(out, args.cassettes, force=args.force, flag=flag)
+    if args.baseline is not None and Path(args.baseline).resolve() == Path(args.out).resolve():
+        raise ValueError(f"--baseline {args.baseline} is --out too (expected two files)")
     plan = foreign.plan_import(args.cassettes)
     dataset, frame = foreign.write_import(plan, args.out, args.baseline)
     console = _console()
@@ -295,6 +357,7 @@ def add_foreign_commands(sub: argparse._SubParsersAction) -> None:
                    help="where to write the dataset (JSONL)")
     p.add_argument("--baseline", metavar="RESULTS",
                    help="also write the recorded replies as results (.parquet, .csv, .jsonl)")
+    p.add_argument("--force", action="store_true", help="replace --out / --baseline if they exist")
     p.set_defaults(func=cmd_import)
 
 
@@ -334,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, metavar="T")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
-                   help="conversations in flight at once (default 4)")
+                   help=f"conversations in flight at once (default 4, at most {MAX_CONCURRENCY})")
+    p.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
+                   help="per-request HTTP timeout (default 120)")
     p.add_argument("--out", "-o", metavar="FILE",
                    help="write results (.parquet, .csv, .jsonl); rows are journaled to "
                         "FILE.journal.jsonl as they complete, and the same command run again "
@@ -356,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
     p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
     p.add_argument("--title")
+    p.add_argument("--force", action="store_true", help="replace --html if it exists")
     p.set_defaults(func=cmd_report)
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
@@ -389,8 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (UsageError, DatasetError, ProviderConfigError, MissingRecording, CassetteError,
             ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"harness: error: {message}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.strerror:  # e.g. ENOSPC: name the file if known
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        else:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"harness: error: {scrub_text(message, known_secrets())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
