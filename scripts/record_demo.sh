@@ -33,4 +33,9 @@ PY
   "$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress --concurrency 1 \
     -p local-smollm2 -p local-gemma3 -p local-smollm2-anthropic \
     -p local-smollm2-cohere-v1 -p local-smollm2-cohere-v2 -p local-smollm2-gemini
+  # SmolLM2 as judge of one conversation: a demo of the judge's mechanics, not a verdict
+  rm -rf cassettes/demo/judge-local-smollm2
+  "$py" -m harness score tests/baselines/demo.jsonl --judge local-smollm2 --judged local-smollm2 \
+    --conversation science-why --pairwise local-smollm2,local-gemma3 --judge-max-tokens 64 \
+    --record-mode once
 fi

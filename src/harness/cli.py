@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,8 +19,15 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from . import compare, foreign, results
-from .cassettes import RECORD_MODES, CassetteError, MissingRecording, _safe_name, dataset_folder, scrub_text
+from . import compare, costs, foreign, results, scores
+from .cassettes import (
+    RECORD_MODES,
+    CassetteError,
+    MissingRecording,
+    _safe_name,
+    recorded_providers,
+    scrub_text,
+)
 from .datasets import DatasetError, load_dataset
 from .providers import (
     PRESETS,
@@ -73,20 +82,48 @@ def _timeout(text: str) -> float:
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 160)
+    # the terminal's width, else $COLUMNS; piped into a file or a program without
+    # either, 160 (the summary fits 80 whatever the width)
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if wide else None)
 
 
 def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: int = 80,
                 index: bool = False) -> None:
-    """A DataFrame as a rich table, long texts shortened to `max_chars`."""
-    table = Table(title=title, title_justify="left", show_lines=False)
+    """A DataFrame as a rich table: texts cut with "…", numbers never cut or folded."""
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                  header_style="bold")
     frame = frame.reset_index() if index else frame
-    for column in frame.columns:
-        numeric = pd.api.types.is_numeric_dtype(frame[column])
-        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v, max_chars) for v in row))
+    cells = [[_cell(v, max_chars) for v in row] for row in frame.itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) or bool(cells) and all(
+        _NUMBER.match(r[k]) for r in cells) for k, c in enumerate(frame.columns)]
+    widths = _widths(frame.columns, cells, numeric, console.width)
+    for k, column in enumerate(frame.columns):
+        table.add_column(str(column), justify="right" if numeric[k] else "left", no_wrap=True,
+                         overflow="ellipsis", width=widths[k])
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+
+
+def _widths(columns, cells: list[list[str]], numeric: list[bool], total: int) -> list[int]:
+    """Column widths that fit `total`: numbers keep their width, texts share what is left."""
+    natural = [max([len(str(c)), *(len(r[k]) for r in cells)]) for k, c in enumerate(columns)]
+    room = total - 2 * (len(natural) - 1)
+    if sum(natural) <= room:
+        return natural
+    widths = list(natural)
+    texts = [k for k, is_number in enumerate(numeric) if not is_number]
+    left = room - sum(natural[k] for k in range(len(natural)) if numeric[k])
+    for k in sorted(texts, key=lambda k: natural[k]):  # narrow texts first, whole if they fit
+        share = max(3, left // max(1, len(texts)))
+        widths[k] = min(natural[k], share)
+        left -= widths[k]
+        texts.remove(k)
+    return widths
+
+
+_NUMBER = re.compile(r"^(—|-?[\d.,]+[kMG]?)$")
 
 
 def _cell(value: object, max_chars: int) -> str:
@@ -102,23 +139,110 @@ SHORT_NAMES = {
     "reasoning_tokens": "reasoning",
     "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
     "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
+    "cost_usd": "$ total", "cost_per_turn_usd": "$/turn", "cost_per_1k_turns_usd": "$/1k turns",
 }
 
 
-def print_report(frame: pd.DataFrame, console: Console) -> None:
-    """The comparison tables of one run."""
-    print_frame(compare.side_by_side(frame), "Replies, side by side", console, max_chars=60)
-    print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
-    usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
-    print_frame(usage, "Token usage and latency", console, index=True)
+def _compact(value: object) -> object:
+    """12345 -> '12.3k': keeps the summary inside 80 columns."""
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= limit * 10:
+            return f"{number / limit:.0f}{suffix}"
+        if abs(number) >= limit:
+            return f"{number / limit:.1f}{suffix}"
+    return f"{number:.0f}" if number == int(number) else f"{number:.1f}"
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per provider: turns, ok, errors, each finish reason, tokens, latency p50, cost."""
+    usage = compare.usage(frame)
+    reasons = compare.finish_reasons(frame).drop(columns=["error", "skipped"], errors="ignore")
+    table = pd.DataFrame({"turns": usage["turns"], "ok": usage["ok"],
+                          "err": usage["errors"] + usage["skipped"]}, index=usage.index)
+    table = table.join(reasons)
+    for column, name in (("input_tokens", "in tok"), ("output_tokens", "out tok"),
+                         ("latency_p50_ms", "p50 ms")):
+        if column in usage:
+            table[name] = usage[column].map(_compact).astype("string")
+    cost = usage["cost_usd"] if "cost_usd" in usage else (
+        frame.groupby("provider", sort=False)["cost_usd"].sum(min_count=1)
+        if "cost_usd" in frame else None)
+    if cost is not None:
+        table["cost $"] = cost.map(lambda v: None if pd.isna(v) else f"{v:.4g}").astype("string")
+    return table
+
+
+def print_summary(frame: pd.DataFrame, console: Console, title: str = "Summary") -> None:
+    """The default output of `replay` and `compare`: one line per provider, fits 80 columns."""
+    print_frame(summary(frame), title, console, index=True, max_chars=30)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        first = failed.iloc[0]
+        console.print(_cell(f"{len(failed)} turns failed or were skipped; first: "
+                            f"{first['conversation_id']} turn {first['turn']} {first['provider']}: "
+                            f"{first['error']}", max(20, console.width)), overflow="ellipsis",
+                      no_wrap=True, crop=True)
+
+
+SHOW = ("summary", "replies", "all")
+
+
+def print_report(frame: pd.DataFrame, console: Console, show: str = "summary",
+                 providers: dict[str, Provider] | None = None) -> None:
+    """What `replay` and `compare` print: the summary (with tool-call matches and scores where
+    the results have them, and why any cost is $0 or NA); the replies side by side on request."""
+    if show in ("replies", "all"):
+        wide = compare.side_by_side(frame).drop(columns=["reference"])
+        print_frame(wide, "Replies, side by side", console, max_chars=60)
+    if show == "all":
+        print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
+        usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
+        print_frame(usage, "Token usage and latency", console, index=True)
     if frame["reference_tool_calls"].notna().any():
         print_frame(compare.tool_calls(frame), "Tool calls against the dataset's", console,
                     index=True)
-    errors = frame[frame["status"] != "ok"]
-    if len(errors):
-        print_frame(errors[["conversation_id", "turn", "provider", "status", "http_status",
-                            "attempts", "error"]], "Errors and skipped turns", console,
-                    max_chars=100)
+    scored = [c for c in frame.columns if c in scores.SCORERS or c.startswith("judge_")]
+    if scored:
+        print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
+                    index=True)
+    print_summary(frame, console)
+    for line in costs.unpriced_summary(frame, providers):
+        console.print(line, highlight=False)
+
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def text(v: object) -> str:
+        return _cell(v, 10**6).replace("|", "\\|")
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(text(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_tables(tables: dict[str, pd.DataFrame], fmt: str, out=None) -> None:
+    """Tables as markdown (a heading each), CSV (a `# title` line each) or one JSON object."""
+    out = out or sys.stdout
+    if fmt == "json":
+        import json
+
+        payload = {name: json.loads(t.to_json(orient="records", force_ascii=False))
+                   for name, t in tables.items()}
+        out.write(json.dumps(payload if len(tables) > 1 else next(iter(payload.values())),
+                             ensure_ascii=False, indent=1) + "\n")
+        return
+    for k, (name, table) in enumerate(tables.items()):
+        if fmt == "markdown":
+            out.write(("\n" if k else "") + f"## {name}\n\n{_markdown(table)}\n")
+        else:
+            if len(tables) > 1:
+                out.write(("\n" if k else "") + f"# {name}\n")
+            table.to_csv(out, index=False, lineterminator="\n")
 
 
 def _user_providers(path: str | None) -> dict[str, Provider]:
@@ -126,11 +250,6 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
         return load_providers_file(path)
     default = Path(USER_PROVIDERS_FILE)
     return load_providers_file(default) if default.exists() else {}
-
-
-def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
-    folder = dataset_folder(cassette_dir, dataset_name)
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -145,7 +264,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          f"(expected at most {MAX_CONCURRENCY} conversations at once)")
     dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools)
     extra = _user_providers(args.providers_file)
-    names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)
+    names = args.provider or recorded_providers(args.cassettes, dataset.name)
     if not names:
         raise UsageError(
             f"no cassettes for {dataset.name!r} under {args.cassettes}/{dataset.name}/: "
@@ -162,47 +281,203 @@ def cmd_replay(args: argparse.Namespace) -> int:
     journal = Path(f"{args.out}.journal.jsonl") if args.out else None
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
-    frame = replay(
-        dataset, providers, history=args.history, record_mode=args.record_mode,
-        cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
-        concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
-        timeout=args.timeout,
-    )
-    print_report(frame, console)
+    finished: list[results.TurnResult] = []
+    try:
+        frame = replay(
+            dataset, providers, history=args.history, record_mode=args.record_mode,
+            cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
+            concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
+            on_row=finished.append, keep_journal=True, started_at=_process_start(),
+            timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
+        order = [c.id for c in dataset.conversations]
+        return _interrupted(args, results.to_frame(finished, order=order), total, journal)
+    print_report(frame, console, args.show, {p.name: p for p in providers})
     if args.out:
         path = results.save(frame, args.out)
-        console.print(f"wrote {len(frame)} rows to {path}")
+        journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
+        console.print(f"wrote {len(frame)} rows to {path} (see them in a browser: "
+                      f"harness view {path})", overflow="fold")
     return 0
+
+
+def _process_start() -> float:
+    """When this command was launched (Linux: from /proc), else now: what `--record-mode all`
+    recorded before it is replaced, what another process records after it is kept."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,
+                 journal: Path | None) -> int:
+    """Ctrl-C: keep the rows that finished (with --out) and say, in one line, how to go on."""
+    done = f"{len(finished)} of {total} turns"
+    if args.out and len(finished):
+        results.save(finished, args.out)
+        where = f"wrote the {done} that finished to {args.out}, the journal {journal} keeps them"
+    else:
+        where = f"{done} finished; what was recorded is kept under {args.cassettes}"
+    print(f"harness: interrupted: {where}; run the same command again to resume",
+          file=sys.stderr)
+    return 130
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    print_report(results.load(args.results), _console())
+    extra = _user_providers(args.providers_file)
+    frame = results.load(args.results, extra)
+    if args.metric:
+        return _print_significance(frame, args.metric, args.seed)
+    if args.format == "table":
+        print_report(frame, _console(), args.show, extra)
+        return 0
+    tables = {"summary": summary(frame).reset_index(),
+              "finish_reasons": compare.finish_reasons(frame).reset_index(),
+              "usage": compare.usage(frame).reset_index()}
+    if args.show in ("replies", "all"):
+        tables["replies"] = compare.side_by_side(frame)
+    write_tables(tables, args.format)
     return 0
 
 
+def _print_significance(frame: pd.DataFrame, metric: str, seed: int) -> int:
+    """`compare --metric`: intervals per provider and per pair, and what they mean."""
+    out = compare.significance(frame, metric, seed=seed)
+    console = _console()
+    print_frame(out["providers"].round(4), f"{metric}: mean per provider, 95% bootstrap interval "
+                "(resampling conversations)", console, index=True)
+    pairs = out["pairs"].drop(columns="sentence").round(4)
+    print_frame(pairs, f"{metric}: paired difference b - a, 95% bootstrap interval", console)
+    if "strengths" in out:
+        print_frame(out["strengths"].round(4), f"{metric}: Bradley-Terry strengths from per-turn "
+                    "wins", console, index=True)
+    for sentence in out["pairs"]["sentence"]:
+        console.print(sentence, highlight=False)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.out:
+        results.check_format(args.out)
+        check_output(args.out, [args.results, args.providers_file])
+    if args.pairwise and not args.judge:
+        raise UsageError("--pairwise needs --judge PROVIDER")
+    chosen = [scores.scorer(s) for s in (args.scorer or scores.DEFAULT_SCORERS)]
+    frame = scores.score(results.load(args.results), chosen)
+    columns = [s.name for s in chosen]
+    console = _console()
+    pairs = []
+    if args.judge:
+        pairs = _judge(args, frame)
+        frame = pairs.pop(0)
+        columns.append(f"judge_{args.judge}")
+    print_frame(compare.score_table(frame, columns),
+                "Scores, mean per provider (pass/fail scores as the share passed)", console,
+                index=True)
+    for table in pairs:
+        a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+        counts = table["winner"].value_counts().rename_axis("winner").rename("turns")
+        print_frame(counts.to_frame(), f"{args.judge} judges {a} vs {b} (both orders)", console,
+                    index=True)
+        from .significance import win_rates
+
+        for sentence in win_rates(table)["sentence"]:
+            console.print(sentence, highlight=False)
+    if args.out:
+        path = results.save(frame, args.out)
+        console.print(f"wrote {len(frame)} rows with {', '.join(columns)} to {path}")
+        for table in pairs:
+            a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+            out = Path(args.out)
+            pair_path = results.save(table, out.with_name(f"{out.stem}.pairwise-{a}-{b}{out.suffix}"))
+            console.print(f"wrote {len(table)} pairwise verdicts to {pair_path}")
+    return 0
+
+
+def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """The scored frame with the judge's ratings, then one pairwise table per --pairwise."""
+    from . import judge
+
+    (provider,) = resolve([args.judge], _user_providers(args.providers_file))
+    known = set(frame["provider"])
+    pairs = [tuple(p.split(",")) for p in args.pairwise or []]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= known:
+            raise UsageError(f"--pairwise {','.join(pair)}: expected A,B, two providers of "
+                             f"{args.results} (known: {', '.join(sorted(known))})")
+    params = {"max_tokens": args.judge_max_tokens} if args.judge_max_tokens else {}
+    dataset = args.dataset or Path(args.results).stem
+    judged = frame if not args.conversation else frame[frame["conversation_id"].isin(args.conversation)]
+    with judge.Judge(provider, dataset, cassette_dir=args.cassettes,
+                     record_mode=args.record_mode, params=params) as j:
+        graded = judge.grade(judged, j, args.judged or None)
+        tables = [judge.pairwise(judged, j, a, b) for a, b in pairs]
+    if j.failures:
+        print(f"harness: judge {provider.name}: {len(j.failures)} calls got no answer, their "
+              f"verdicts are NA (first: {j.failures[0]})", file=sys.stderr)
+    column = f"judge_{provider.name}"
+    frame = frame.assign(**{column: pd.array([pd.NA] * len(frame), dtype="Float64")})
+    frame.loc[graded.index, column] = graded[column]
+    return [frame, *tables]
+
+
+def _tolerance(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--tolerance {item}: expected COLUMN=NUMBER, e.g. tokens=5") from None
+    return out
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
+    unknown = [c for c in args.ignore if c not in compare.DIFF_COLUMNS]
+    if unknown:
+        raise UsageError(f"--ignore {unknown[0]}: not a compared column "
+                         f"(expected one of {', '.join(compare.DIFF_COLUMNS)})")
+    if args.junit_xml:
+        check_output(args.junit_xml, [args.baseline, args.current], flag="--junit-xml")
     before, after = results.load(args.baseline), results.load(args.current)
-    changes = compare.diff(before, after)
+    changes = compare.diff(before, after, ignore=tuple(args.ignore),
+                           tolerance=_tolerance(args.tolerance))
+    if args.junit_xml:
+        from .junit import write_junit
+
+        write_junit(changes, after, before, args.junit_xml, suite=f"harness diff {args.baseline}")
+    if args.format != "table":
+        write_tables({"changes": changes}, args.format)
+        return 1 if len(changes) else 0
     console = _console()
     if changes.empty:
         console.print(f"no changes: {len(after)} rows match {args.baseline}")
         return 0
-    shown = changes[["conversation_id", "turn", "provider", "change", "response_before",
-                     "response_after", "finish_reason_before", "finish_reason_after",
-                     "output_tokens_before", "output_tokens_after"]]
+    shown = changes[[c for c in ("conversation_id", "turn", "provider", "change",
+                                 "response_before", "response_after", "finish_reason_before",
+                                 "finish_reason_after", "output_tokens_before",
+                                 "output_tokens_after") if c in changes.columns]]
     print_frame(shown, f"{len(changes)} changed rows", console, max_chars=50)
     return 1
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_html
+def cmd_view(args: argparse.Namespace) -> int:
+    from .view import write_view
 
-    check_output(args.html, [args.results, args.baseline], force=args.force, flag="--html")
-    frame = results.load(args.results)
+    out = args.out
+    inputs = [*args.results, *([args.baseline] if args.baseline else [])]
+    check_output(out, inputs, force=args.force, flag="--out")
+    runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
-    path = write_html(frame, args.html, title=args.title or f"harness report: {args.results}",
-                      baseline=baseline)
-    _console().print(f"wrote {path}")
+    title = args.title or "harness view"
+    path = write_view(runs, out, baseline=baseline, title=title)
+    _console().print(f"wrote {path} ({path.stat().st_size // 1024} KiB): open it in a browser")
     return 0
 
 
@@ -363,7 +638,7 @@ def add_foreign_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m harness",
+        prog="harness",
         description="Replay multi-turn chat datasets against LLM providers and compare them.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -405,24 +680,77 @@ def build_parser() -> argparse.ArgumentParser:
                         "FILE.journal.jsonl as they complete, and the same command run again "
                         "after a crash resumes from it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--show", choices=SHOW, default="summary",
+                   help="summary: one line per provider (default); replies: also the replies "
+                        "side by side; all: also the full usage tables")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("compare", help="print the comparison tables of a results file")
+    p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
     p.add_argument("results")
+    p.add_argument("--metric", "-m", metavar="COLUMN",
+                   help="instead, is the difference between providers on this score real? "
+                        "(bootstrap intervals by conversation, paired; McNemar for pass/fail)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--show", choices=SHOW, default="summary",
+                   help="summary (default), replies (side by side too) or all")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for the terminal (default), or markdown, csv, json")
     p.set_defaults(func=cmd_compare)
+
+    p = with_common(sub.add_parser("score", help="score replies against the reference"))
+    p.add_argument("results")
+    p.add_argument("--scorer", "-s", action="append", metavar="NAME",
+                   help="exact, contains, regex, regex:PATTERN, similarity, rouge_l, chrf "
+                        f"(repeatable; default: {', '.join(scores.DEFAULT_SCORERS)})")
+    p.add_argument("--out", "-o", metavar="FILE",
+                   help="write the scored rows (.parquet, ...); pairwise verdicts go beside it")
+    p.add_argument("--judge", metavar="PROVIDER",
+                   help="also grade each reply 1-10 with this provider (MT-Bench single-answer)")
+    p.add_argument("--judged", action="append", metavar="PROVIDER",
+                   help="only grade these providers' replies (repeatable; default: all)")
+    p.add_argument("--conversation", action="append", metavar="ID",
+                   help="only judge these conversations (repeatable; default: all)")
+    p.add_argument("--pairwise", action="append", metavar="A,B",
+                   help="judge A against B, both orders (repeatable; needs --judge)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="judge cassettes go to CASSETTES/NAME/judge-PROVIDER/ "
+                        "(default: the results file's stem)")
+    p.add_argument("--record-mode", choices=RECORD_MODES, default="none",
+                   help="for the judge's calls, as in replay (default none: offline)")
+    p.add_argument("--judge-max-tokens", type=int, metavar="N",
+                   help="the judge's max_tokens (default 512)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
     p.add_argument("baseline")
     p.add_argument("current")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for the terminal (default), or markdown, csv, json")
+    p.add_argument("--ignore", action="append", default=[], metavar="COLUMN",
+                   help=f"leave a column out of the comparison (one of {', '.join(compare.DIFF_COLUMNS)})")
+    p.add_argument("--tolerance", action="append", default=[], metavar="COLUMN=N",
+                   help="count a numeric change of at most N as none; tokens=N for every token count")
+    p.add_argument("--junit-xml", metavar="FILE",
+                   help="also write a JUnit XML report: one test case per row, drifted rows failed")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("report", help="write one self-contained HTML page of tables and charts")
-    p.add_argument("results")
-    p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
-    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p = sub.add_parser("view", help="write one self-contained HTML page to explore results in "
+                                    "a browser (search, filters, threads, diff, charts)")
+    p.add_argument("results", nargs="+", help="results files; several give a switch between runs")
+    p.add_argument("--baseline", metavar="RESULTS", help="highlight what changed against this run")
+    p.add_argument("--out", "-o", default="view.html", metavar="FILE",
+                   help="where to write the page (default: view.html)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.add_argument("--title")
-    p.add_argument("--force", action="store_true", help="replace --html if it exists")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("report", help="the `view` page of one results file (kept for old scripts)")
+    p.add_argument("results", nargs=1)
+    p.add_argument("--html", dest="out", required=True, metavar="FILE", help="where to write the page")
+    p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--title")
+    p.set_defaults(func=cmd_view)
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -48,6 +51,7 @@ class TurnResult:
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
     reference_tool_calls: str | None = None  # the dataset's next assistant tool calls, JSON
     tool_call_match: bool | None = None  # tool_calls == reference_tool_calls (see harness.tools)
+    cost_usd: float | None = None  # filled in by harness.costs
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
@@ -80,6 +84,7 @@ DTYPES: dict[str, str] = {
     "attempts": "Int64",
     "latency_ms": "Float64",
     "tool_call_match": "boolean",
+    "cost_usd": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
 _ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
@@ -170,6 +175,22 @@ def check_format(path: str | Path) -> str:
     return suffix
 
 
+def run_info(dataset, providers, history: str, record_mode: str, params: dict) -> dict:
+    """What `harness view` shows about a run: kept in `frame.attrs["run"]` and saved with it."""
+    return {
+        "dataset": dataset.name,
+        "dataset_path": str(dataset.path) if dataset.path is not None else None,
+        "providers": [{"name": p.name, "protocol": p.protocol, "model": p.model} for p in providers],
+        "history": history, "record_mode": record_mode, "params": dict(params),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_file(path: str | Path) -> Path:
+    """Where a CSV or JSONL results file keeps its run metadata (Parquet keeps it inside)."""
+    return Path(f"{path}.run.json")
+
+
 def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
     suffix = check_format(path)
@@ -177,18 +198,25 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".parquet":
-            frame.to_parquet(path, index=False)
-        elif suffix == ".csv":
-            frame.to_csv(path, index=False)
+            frame.to_parquet(path, index=False)  # frame.attrs (the run) go into its metadata
         else:
-            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            if suffix == ".csv":
+                frame.to_csv(path, index=False)
+            else:
+                frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            if frame.attrs.get("run"):
+                run_file(path).write_text(json.dumps(frame.attrs["run"], indent=1) + "\n",
+                                          encoding="utf-8")
     except OSError as exc:  # a full disk says nothing of which file it was writing
         raise ValueError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """Read a results file written by `save` back into the documented dtypes."""
+def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read a results file written by `save` back into the documented dtypes.
+
+    A file written before `cost_usd` existed is priced now (`providers` by name, for the
+    ones that are no preset)."""
     path = Path(path)
     suffix = check_format(path)
     try:
@@ -205,10 +233,40 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow/parser errors have no common base
         raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    run = frame.attrs.get("run")
+    if run is None and run_file(path).is_file():
+        try:
+            run = json.loads(run_file(path).read_text(encoding="utf-8"))
+        except ValueError:
+            run = None  # metadata only feeds the view's header: never a reason to fail
+    priced = "cost_usd" in frame.columns
+    if not priced:  # written before harness priced rows
+        frame = frame.assign(cost_usd=None)
+    extra = [c for c in frame.columns if c not in COLUMNS]  # e.g. score columns
     try:
-        return normalize(frame)
+        out = normalize(frame)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    if not priced:
+        from .costs import add_costs
+
+        out = add_costs(out, providers)
+    if extra:
+        extras = frame[extra].copy()
+        for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is
+            if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":  # present
+                extras[column] = extras[column].astype("boolean")
+        out = out.join(extras)
+    out.attrs = {"run": run} if isinstance(run, dict) else {}
+    out.attrs["path"] = str(path)
+    return out
+
+
+class JournalWriteError(OSError):
+    """The journal could not be written (a full disk), named in one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class Journal:
@@ -232,11 +290,12 @@ class Journal:
         self._fh = None
 
     def _read(self) -> None:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{self.path}: not a harness journal (not UTF-8 text); delete the "
-                             "file to start over") from None
+        # only lines ending in a newline are whole; what follows the last one is torn
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")[:-1]
+        if not lines and self._header().startswith(data):  # killed mid-header: nothing to resume
+            self._drop_torn_tail(0)
+            return
         try:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
@@ -249,11 +308,27 @@ class Journal:
                 f"{self.path}: an unfinished run with other settings left this journal; "
                 "run the same command again to resume it, or delete the file to start over"
             )
+        kept = len(lines[0]) + 1  # bytes of the lines read whole
         for line in lines[1:]:
             try:
-                self.rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 break
+            if not isinstance(row, dict):
+                break
+            self.rows.append(row)
+            kept += len(line) + 1
+        self._drop_torn_tail(kept)
+
+    def _header(self) -> bytes:
+        return (json.dumps({"journal": self.fingerprint}) + "\n").encode("utf-8")
+
+    def _drop_torn_tail(self, kept: int) -> None:
+        """Cut what follows the last whole row (a line the process died writing, or one a full
+        disk cut short), so that rows appended on resume start on a line of their own."""
+        with self.path.open("r+b") as fh:
+            if fh.seek(0, 2) > kept:
+                fh.truncate(kept)
 
     def done(self) -> dict[tuple[str, str], dict[int, TurnResult]]:
         """Rows already finished, by (conversation_id, provider) then turn."""
@@ -264,21 +339,22 @@ class Journal:
         return out
 
     def append(self, result: TurnResult) -> None:
-        if self._fh is None:
-            fresh = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-            if fresh:
-                self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
         try:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = self.path.open("a", encoding="utf-8")
+                if self._fh.tell() == 0:
+                    self._fh.write(self._header().decode("utf-8"))
             self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
             self._fh.flush()
-        except OSError as exc:  # a full disk says nothing of which file it was writing
-            raise ValueError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        except OSError as exc:  # a full disk: say which file; the next run drops the torn line
+            raise JournalWriteError(exc.errno, f"{self.path}: cannot write the journal: "
+                                               f"{exc.strerror or exc}") from None
 
     def close(self, *, remove: bool = False) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):  # a write that failed already said so
+                fh.close()
         if remove:
             self.path.unlink(missing_ok=True)

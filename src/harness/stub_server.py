@@ -9,7 +9,7 @@ to a placeholder of its type ("stub", 1, true, [], {}); after a tool result it a
 Gemini is served at `/v1beta/models/{model}:generateContent` and, as SSE,
 `:streamGenerateContent?alt=sse`. With `fault_rate` it also misbehaves on a seeded
 share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
-timeout, invalid JSON), the way real APIs do.
+timeout, a body cut short, invalid JSON), the way real APIs do.
 
     python -m harness serve-stub --port 8099
 """
@@ -23,6 +23,7 @@ import json
 import random
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 from harness.messages import Tool, ToolCall
 from harness.providers import protocol_module
 
-FAULTS = ("429", "500", "drop", "stall", "bad_json")
+FAULTS = ("429", "500", "drop", "stall", "truncated", "bad_json")
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
@@ -229,6 +230,14 @@ def _tool_call(protocol: str, body: dict, users: list[str]) -> ToolCall | None:
     return tool_call_for(tools, users[-1] if users else "", len(users))
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
+
+
 class StubServer:
     """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
 
@@ -245,8 +254,7 @@ class StubServer:
         self.requests: list[dict] = []
         self.seen: list[dict] = []  # every POST as it arrived, refused ones too
         self.faults: dict[str, int] = {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -352,6 +360,13 @@ class StubServer:
                     return None
                 if fault == "stall":
                     time.sleep(server.stall_seconds)
+                    return None
+                if fault == "truncated":  # announces more than it sends, then hangs up
+                    self.send_response(200)
+                    self.send_header("content-length", "4096")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [{"message": ')
+                    self.close_connection = True
                     return None
                 if fault == "bad_json":
                     return self._send(200, b'{"choices": [{"message": ')

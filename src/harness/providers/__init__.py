@@ -149,6 +149,7 @@ class Provider(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     rate_limit: float | None = Field(default=None, description="requests per minute")
     description: str = ""
+    prices: dict[str, float] | None = Field(default=None, description="$ per million tokens")
 
     @field_validator("protocol")
     @classmethod
@@ -188,6 +189,23 @@ class Provider(BaseModel):
     def _positive_rate(cls, value: float | None) -> float | None:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"expected requests per minute > 0, got {value!r}")
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _known_prices(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        fields = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            raise ValueError(f"unknown price {unknown[0]!r} (expected: {', '.join(fields)})")
+        missing = [k for k in fields[:2] if k not in value]
+        if missing:
+            raise ValueError(f"{missing[0]} is required")
+        negative = [k for k, v in value.items() if v < 0]
+        if negative:
+            raise ValueError(f"{negative[0]} must be 0 or more, got {value[negative[0]]}")
         return value
 
     @property
