@@ -255,8 +255,8 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         results.check_format(args.out)
-        check_output(args.out, [args.dataset, args.answers])
-        check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers])
+        check_output(args.out, [args.dataset, args.answers, args.tools])
+        check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers, args.tools])
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.concurrency > MAX_CONCURRENCY:
@@ -577,6 +577,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.out:
         foreign.check_suffix(args.out, "table")
+        check_output(args.out, args.cassettes)
     frame = foreign.inspect_cassettes(args.cassettes)
     console = _console()
     files = frame["file"].nunique()
