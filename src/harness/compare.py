@@ -59,6 +59,23 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def tool_calls(results: pd.DataFrame) -> pd.DataFrame:
+    """Per provider, over turns whose dataset reply is a tool call: how many, how many of the
+    replies called tools, and how many matched (`tool_call_match`: same names and canonical
+    arguments; error rows are not scored)."""
+    scored = results[results["reference_tool_calls"].notna()]
+    groups = scored.groupby("provider", sort=False)
+    table = pd.DataFrame({
+        "reference_tool_calls": groups.size(),
+        "replied_with_tool_calls": groups["tool_calls"].apply(lambda s: int(s.notna().sum())),
+        "tool_call_matches": groups["tool_call_match"].apply(lambda s: int(s.fillna(False).sum())),
+    })
+    table["tool_call_match_rate"] = (table["tool_call_matches"]
+                                     / table["reference_tool_calls"]).round(3)
+    table.index.name = "provider"
+    return table
+
+
 def similarity(results: pd.DataFrame) -> pd.DataFrame:
     """Mean text similarity (0..1, rapidfuzz's normalized Indel) of each provider's replies to
     the reference. difflib's ratio, used before, drops on texts over 200 characters."""
