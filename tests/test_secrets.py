@@ -146,6 +146,10 @@ def test_no_run_of_a_secret_in_any_written_or_printed_byte(name, tmp_path, monke
         results.save(live, work / "live.csv")
         report = run_cli("report", "live.parquet", "--html", "report.html")
         assert report.returncode == 0, report.stderr
+        listed = run_cli("providers", "--cassettes", "cass")
+        assert listed.returncode == 0 and "x" in listed.stdout, listed.stderr
+        compared = run_cli("compare", "live.parquet")
+        assert compared.returncode == 0, compared.stderr
 
         # an interrupted run keeps its journal: that is written too
         providers = load_providers_file(work / "harness.toml")
@@ -171,7 +175,7 @@ def test_no_run_of_a_secret_in_any_written_or_printed_byte(name, tmp_path, monke
             "work/j.parquet.journal.jsonl"} <= set(files)
     assert sum(f.startswith(("work/cass/", "cass2/")) for f in files) >= 3
     printed = {"stdout": b"", "stderr": b""}
-    for proc in (recorded, offline, report, printed_by_library):
+    for proc in (recorded, offline, report, listed, compared, printed_by_library):
         printed["stdout"] += proc.stdout.encode()
         printed["stderr"] += proc.stderr.encode()
     leaks = {f: _hits(data, needles) for f, data in {**files, **printed}.items()}
