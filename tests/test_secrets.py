@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import cli, results
 from harness.cassettes import MIN_RUN, scrub_text
@@ -214,3 +216,19 @@ def test_journal_header_is_a_fingerprint_not_the_settings(tmp_path):
     assert len(again.rows) == 1  # the same settings resume it
     with pytest.raises(ValueError, match="other settings"):
         results.Journal(tmp_path / "j.jsonl", {"providers": []}, [KEY])
+
+
+@settings(max_examples=300, deadline=None)
+@given(secrets=st.lists(st.text(min_size=MIN_RUN, max_size=60), min_size=1, max_size=3),
+       pieces=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 60), st.integers(MIN_RUN, 60)),
+                       max_size=4),
+       filler=st.text(max_size=40))
+def test_scrub_text_leaves_no_run_of_any_secret(secrets, pieces, filler):
+    """Whole secrets, slices of them and their neighbours glued together: nothing survives."""
+    text = filler
+    for which, start, length in pieces:
+        secret = secrets[which % len(secrets)]
+        text += secret[start:start + length] + filler
+    scrubbed = scrub_text(text, secrets)
+    for secret in secrets:
+        assert not any(secret[i:i + MIN_RUN] in scrubbed for i in range(len(secret) - MIN_RUN + 1))
