@@ -38,7 +38,8 @@ def test_shipped_demo_replays_offline_and_prints_the_tables(tmp_path):
         assert title in proc.stdout
     frame = results.load(out)
     assert set(frame["provider"]) == {"local-smollm2", "local-gemma3", "local-smollm2-anthropic",
-                                      "stub-cohere-v1", "stub-cohere-v2"}
+                                      "local-smollm2-cohere-v1", "local-smollm2-cohere-v2",
+                                      "local-smollm2-gemini", "stub-cohere-v1", "stub-cohere-v2"}
     assert frame.groupby("provider").size().eq(26).all()
     assert "length" in set(frame["finish_reason"])
 
