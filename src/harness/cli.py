@@ -7,10 +7,11 @@ traceback; `diff` exits 1 when the runs differ.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -18,17 +19,59 @@ from rich.console import Console
 from rich.table import Table
 
 from . import compare, results
-from .cassettes import RECORD_MODES, CassetteError, MissingRecording
+from .cassettes import RECORD_MODES, CassetteError, MissingRecording, _safe_name, dataset_folder, scrub_text
 from .datasets import DatasetError, load_dataset
 from .foreign import add_commands as add_foreign_commands
-from .providers import PRESETS, Provider, ProviderConfigError, load_providers_file, resolve
+from .providers import (
+    PRESETS,
+    Provider,
+    ProviderConfigError,
+    check_params,
+    known_secrets,
+    load_providers_file,
+    resolve,
+)
 from .replay import HISTORY_MODES, replay
 
 USER_PROVIDERS_FILE = "harness.toml"
+MAX_CONCURRENCY = 1024
 
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line, exit code 2."""
+
+
+def check_output(path: str | Path, reads: Iterable[str | Path | None] = (), *,
+                 force: bool = True, flag: str = "--out") -> Path:
+    """Refuse, as a UsageError, to write `path` when it is one of the files the command
+    `reads`, lies under a file, is a folder, or (without `force`) already exists."""
+    out = Path(path)
+    target = out.resolve()
+    for source in reads:
+        if source is not None and (Path(source).resolve() == target or (
+                out.exists() and Path(source).exists() and os.path.samefile(source, out))):
+            raise UsageError(f"{flag} {path} is {source}, which this command reads "
+                             "(expected another file)")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    if out.is_dir():
+        raise UsageError(f"{flag} {path} is a folder (expected a file name)")
+    if not force and out.exists():
+        raise UsageError(f"{flag} {path} exists (use --force to replace it)")
+    return out
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
 
 
 def _console(stderr: bool = False) -> Console:
@@ -181,15 +224,20 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
 
 
 def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
-    folder = cassette_dir / dataset_name
+    folder = dataset_folder(cassette_dir, dataset_name)
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         results.check_format(args.out)
+        check_output(args.out, [args.dataset, args.answers])
+        check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers])
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.concurrency > MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency {args.concurrency} is too many "
+                         f"(expected at most {MAX_CONCURRENCY} conversations at once)")
     dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit)
     extra = _user_providers(args.providers_file)
     names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)
@@ -201,6 +249,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     providers = resolve(names, extra)
     params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                 ("seed", args.seed)) if v is not None}
+    try:
+        check_params(params, "--")
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("--max_tokens", "--max-tokens")) from None
     console = _console()
     journal = Path(f"{args.out}.journal.jsonl") if args.out else None
     if journal is not None and journal.exists():
@@ -209,6 +261,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dataset, providers, history=args.history, record_mode=args.record_mode,
         cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
         concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
+        timeout=args.timeout,
     )
     print_report(frame, console, args.show)
     if args.out:
@@ -249,7 +302,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise UsageError(f"--ignore {unknown[0]}: not a compared column "
                          f"(expected one of {', '.join(compare.DIFF_COLUMNS)})")
     if args.junit_xml:
-        _refuse_overwrite(args.junit_xml, True, [args.baseline, args.current])
+        check_output(args.junit_xml, [args.baseline, args.current], flag="--junit-xml")
     before, after = results.load(args.baseline), results.load(args.current)
     changes = compare.diff(before, after, ignore=tuple(args.ignore),
                            tolerance=_tolerance(args.tolerance))
@@ -272,21 +325,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1
 
 
-def _refuse_overwrite(path: str | Path, force: bool, inputs: Sequence[str | Path]) -> None:
-    """Never replace an input; replace another existing file only with --force."""
-    target = Path(path).resolve()
-    if any(Path(p).resolve() == target for p in inputs):
-        raise UsageError(f"{path}: is one of this command's inputs; choose another --out")
-    if target.exists() and not force:
-        raise UsageError(f"{path}: already exists (use --force to replace it)")
-
-
 def cmd_view(args: argparse.Namespace) -> int:
     from .view import write_view
 
-    out = args.out
-    inputs = [*args.results, *([args.baseline] if args.baseline else [])]
-    _refuse_overwrite(out, args.force, inputs)
+    out = check_output(args.out, [*args.results, args.baseline], force=args.force,
+                       flag=args.out_flag)
     runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
     title = args.title or "harness view"
@@ -300,12 +343,13 @@ def cmd_providers(args: argparse.Namespace) -> int:
     cassette_dir = Path(args.cassettes)
     rows = []
     for name, provider in {**PRESETS, **extra}.items():
-        recorded = sorted(d.parent.name for d in cassette_dir.glob(f"*/{name}") if d.is_dir())
+        recorded = sorted(d.parent.name for d in cassette_dir.glob(f"*/{_safe_name(name)}")
+                          if d.is_dir())
         rows.append({
             "provider": name,
             "protocol": provider.protocol,
             "model": provider.model,
-            "url": provider.url,
+            "url": provider.display_url,
             "key": "—" if not provider.api_key_env else (
                 f"{provider.api_key_env} set" if provider.api_key() else
                 f"{provider.api_key_env} missing"),
@@ -368,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, metavar="T")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
-                   help="conversations in flight at once (default 4)")
+                   help=f"conversations in flight at once (default 4, at most {MAX_CONCURRENCY})")
+    p.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
+                   help="per-request HTTP timeout (default 120)")
     p.add_argument("--out", "-o", metavar="FILE",
                    help="write results (.parquet, .csv, .jsonl); rows are journaled to "
                         "FILE.journal.jsonl as they complete, and the same command run again "
@@ -408,15 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the page (default: view.html)")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=cmd_view, out_flag="--out")
 
     p = sub.add_parser("report", help="the `view` page of one results file (kept for old scripts)")
     p.add_argument("results", nargs=1)
     p.add_argument("--html", dest="out", required=True, metavar="FILE", help="where to write the page")
     p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--force", action="store_true", help="replace --html if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=cmd_view, out_flag="--html")
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)
@@ -447,8 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (UsageError, DatasetError, ProviderConfigError, MissingRecording, CassetteError,
             ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"harness: error: {message}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.strerror:  # e.g. ENOSPC: name the file if known
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        else:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"harness: error: {scrub_text(message, known_secrets())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)

@@ -41,6 +41,8 @@ MESSAGE_COLUMNS = ("conversation_id", "position", "turn", "role", "content", "to
                    "tool_call_id")
 TURN_COLUMNS = ("conversation_id", "turn", "prompt", "reference", "n_prefix_messages")
 _WS = re.compile(r"[ \t\n\r]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+TOO_DEEP = "nested too deeply (expected JSON nested less than about 1000 levels)"
 
 
 class DatasetError(ValueError):
@@ -170,6 +172,8 @@ def _conversations(
             messages = _messages(items)
         except _Bad as exc:
             raise DatasetError(f"{where}: {exc}".replace("\n", " ")) from None
+        except RecursionError:
+            raise DatasetError(f"{where}: {TOO_DEEP}") from None
         base = _explicit_id(record) or f"{stem}-{number}"
         conv_id, n = base, 1
         while conv_id in used:
@@ -438,10 +442,13 @@ def _read_records(path: Path) -> Iterator[tuple[str, int, Any]]:
             raise DatasetError(f"{path}: empty file (expected JSON Lines or a JSON array)")
         try:
             first = json.loads(text)
+        except RecursionError:
+            raise DatasetError(f"{path}:{lineno}: {TOO_DEEP}") from None
         except json.JSONDecodeError:  # not one record per line: parse the whole document
             rest = _decode(f.read(), path, lineno + 1, offset + len(raw))
             yield from _document(text + rest, path, lineno - 1)
             return
+        _check_unicode(f"{path}:{lineno}", text, first)
         if isinstance(first, list):
             if not first:
                 raise DatasetError(f"{path}:{lineno}: empty JSON array (expected records)")
@@ -459,10 +466,24 @@ def _read_records(path: Path) -> Iterator[tuple[str, int, Any]]:
                                    "(expected one array, or one JSON object per line)")
             try:
                 record = json.loads(text)
+            except RecursionError:
+                raise DatasetError(f"{path}:{lineno}: {TOO_DEEP}") from None
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{lineno}: invalid JSON at column {exc.colno}: "
                                    f"{exc.msg} (expected one JSON object per line)") from None
+            _check_unicode(f"{path}:{lineno}", text, record)
             yield f"{path}:{lineno}", lineno, record
+
+
+def _check_unicode(where: str, text: str, record: Any) -> None:
+    """A DatasetError for a lone surrogate (`"\\ud800"`): valid JSON, but no UTF-8 can carry it.
+    Only text with such an escape in it is looked at closely."""
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DatasetError(f"{where}: a lone UTF-16 surrogate {exc.object[exc.start]!r} in a "
+                               "string (expected valid Unicode text)") from None
 
 
 def _decode(raw: bytes, path: Path, lineno: int, offset: int) -> str:
@@ -501,11 +522,14 @@ def _document(text: str, path: Path, skipped: int) -> Iterator[tuple[str, int, A
             return
         try:
             record, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            raise fail(pos, TOO_DEEP) from None
         except json.JSONDecodeError as exc:
             raise fail(exc.pos, f"{exc.msg} (expected a JSON array or one object per line)"
                        ) from None
         line += text.count("\n", counted, pos)
         counted, n = pos, n + 1
+        _check_unicode(f"{path}:{line}: record {n}", text[pos:end], record)
         yield f"{path}:{line}: record {n}", n, record
         pos = _WS.match(text, end).end()
         if array:

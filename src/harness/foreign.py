@@ -879,8 +879,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .cli import _console, print_frame
+    from .cli import _console, check_output, print_frame
 
+    for out, flag in ((args.out, "--out"), (args.baseline, "--baseline")):
+        if out is not None:
+            check_output(out, args.cassettes, force=args.force, flag=flag)
+    if args.baseline is not None and Path(args.baseline).resolve() == Path(args.out).resolve():
+        raise ValueError(f"--baseline {args.baseline} is --out too (expected two files)")
     plan = plan_import(args.cassettes)
     dataset, frame = write_import(plan, args.out, args.baseline)
     console = _console()
@@ -917,4 +922,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="where to write the dataset (JSONL)")
     p.add_argument("--baseline", metavar="RESULTS",
                    help="also write the recorded replies as results (.parquet, .csv, .jsonl)")
+    p.add_argument("--force", action="store_true", help="replace --out / --baseline if they exist")
     p.set_defaults(func=cmd_import)

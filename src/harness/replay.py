@@ -25,10 +25,20 @@ import httpx
 import pandas as pd
 
 from . import results as results_mod
-from .cassettes import Cassette, MissingRecording, RecordedHeaders, RecordMode, cassette_path
+from .cassettes import (
+    Cassette,
+    CassetteError,
+    MissingRecording,
+    RecordedHeaders,
+    RecordMode,
+    cassette_path,
+    scrub_bytes,
+    scrub_text,
+    scrub_url,
+)
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
-from .providers import PRESETS, Provider, ProviderConfigError
+from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
 
 History = Literal["reference", "self", "auto"]
@@ -118,6 +128,7 @@ class Run:
     journaling: bool = False
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
+    match_urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
     parsers: dict[str, Callable[..., Reply]] = field(init=False, repr=False)
 
@@ -125,7 +136,10 @@ class Run:
         # per provider, once rather than per turn: its URL as httpx sends it (so as it was
         # recorded), the keys to scrub from what it records, its adapter's parse_response
         self.urls = {p.name: str(httpx.URL(p.url)) for p in self.providers}
-        self.secrets = {p.name: _secrets(p) for p in self.providers}
+        shared = known_secrets(self.providers)  # any key may be echoed by any server
+        self.secrets = {p.name: shared for p in self.providers}
+        # a request is looked up in its cassette as it was recorded: scrubbed
+        self.match_urls = {p.name: scrub_url(self.urls[p.name], shared) for p in self.providers}
         self.parsers = {p.name: p.adapter.parse_response for p in self.providers}
 
     @functools.cached_property
@@ -150,9 +164,13 @@ class Run:
         return path
 
 
-def _secrets(provider: Provider) -> list[str]:
-    keys = {p.api_key() for p in PRESETS.values()} | {provider.api_key()}
-    return sorted((k for k in keys if k), key=len, reverse=True)
+def scrub_row(result: TurnResult, secrets: list[str]) -> TurnResult:
+    """`result` with every secret scrubbed from every text column, in place."""
+    if secrets:
+        for name, value in vars(result).items():
+            if isinstance(value, str) and value:
+                setattr(result, name, scrub_text(value, secrets))
+    return result
 
 
 def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
@@ -217,11 +235,12 @@ async def _call(
     """
     exchange = _Exchange()
     parse = run.parsers[provider.name]
+    match_url, match_body = run.match_urls[provider.name], scrub_bytes(content, cassette.secrets)
     for attempt in range(1, run.retry.attempts + 1):
         exchange.attempts = attempt
         response: httpx.Response | None = None
         answer: tuple[int, Mapping[str, str], bytes] | None = None
-        hit = cassette.take("POST", url, content)
+        hit = cassette.take("POST", match_url, match_body)
         if hit is not None:
             answer = hit.status, RecordedHeaders(hit), hit.response_body
             exchange.latency_ms = hit.latency_ms()
@@ -360,15 +379,20 @@ async def replay_async(
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
+    names = [p.name for p in providers]
+    if len(set(names)) != len(names):  # their rows would collide after the run, not before
+        raise ValueError(f"a provider is named more than once: {', '.join(names)}")
+    check_params(params or {}, "params.")  # NaN is not JSON: never send it
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
               dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency))
     log = None
+    secrets = known_secrets(run.providers)
     if journal is not None:
         log = results_mod.Journal(journal, {
             "dataset": dataset.name, "conversations": len(dataset), "history": history,
             "providers": [p.model_dump(mode="json") for p in run.providers],
             "params": run.params, "record_mode": record_mode,
-        })
+        }, secrets)
         run.done, run.journaling = log.done(), True
     check_ready(run, dataset.conversations)
     limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
@@ -379,6 +403,8 @@ async def replay_async(
     bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress)
 
     def emit(result: TurnResult, fresh: bool = True) -> None:
+        if fresh:  # before it reaches the journal, the table, stdout or a report
+            scrub_row(result, secrets)
         rows.append(result)
         bar.update(1)
         if fresh and log is not None:
@@ -395,10 +421,12 @@ async def replay_async(
     tasks = [asyncio.ensure_future(worker()) for _ in range(run.concurrency)]
     try:
         await asyncio.gather(*tasks)
-    except BaseException:
+    except BaseException as exc:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if log is not None and isinstance(exc, CassetteError) and not log.rows:
+            log.close(remove=True)  # a corrupt cassette is bad input: leave no journal behind
         raise
     finally:
         await run.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import operator
@@ -174,17 +175,20 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
     suffix = check_format(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        frame.to_parquet(path, index=False)  # frame.attrs (the run) go into its metadata
-    else:
-        if suffix == ".csv":
-            frame.to_csv(path, index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".parquet":
+            frame.to_parquet(path, index=False)  # frame.attrs (the run) go into its metadata
         else:
-            frame.to_json(path, orient="records", lines=True, force_ascii=False)
-        if frame.attrs.get("run"):
-            run_file(path).write_text(json.dumps(frame.attrs["run"], indent=1) + "\n",
-                                      encoding="utf-8")
+            if suffix == ".csv":
+                frame.to_csv(path, index=False)
+            else:
+                frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            if frame.attrs.get("run"):
+                run_file(path).write_text(json.dumps(frame.attrs["run"], indent=1) + "\n",
+                                          encoding="utf-8")
+    except OSError as exc:  # a full disk says nothing of which file it was writing
+        raise ValueError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
 
 
@@ -224,26 +228,37 @@ def load(path: str | Path) -> pd.DataFrame:
 class Journal:
     """Rows appended to a JSONL file as they complete, so a killed run can resume.
 
-    The first line is a header naming the run (`fingerprint`); a journal written by
-    a different run is refused rather than silently mixed in. A torn last line (the
-    process died mid-write) is dropped.
+    The first line is a header naming the run by a fingerprint (a sha256 of its settings,
+    secrets scrubbed first, never the settings themselves); a journal written by a
+    different run is refused rather than silently mixed in. A torn last line (the process
+    died mid-write) is dropped.
     """
 
-    def __init__(self, path: str | Path, fingerprint: dict):
+    def __init__(self, path: str | Path, settings: dict, secrets: list[str] | None = None):
+        from .cassettes import scrub_text
+
         self.path = Path(path)
-        self.fingerprint = fingerprint
+        canonical = scrub_text(json.dumps(settings, sort_keys=True, default=str), secrets or [])
+        self.fingerprint = "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         self.rows: list[dict] = []
         if self.path.exists():
             self._read()
         self._fh = None
 
     def _read(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path}: not a harness journal (not UTF-8 text); delete the "
+                             "file to start over") from None
         try:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
             header = None
-        if not isinstance(header, dict) or header.get("journal") != self.fingerprint:
+        if not isinstance(header, dict) or "journal" not in header:
+            raise ValueError(f"{self.path}:1: not a harness journal (expected a first line "
+                             '{"journal": ...}); delete the file to start over')
+        if header.get("journal") != self.fingerprint:
             raise ValueError(
                 f"{self.path}: an unfinished run with other settings left this journal; "
                 "run the same command again to resume it, or delete the file to start over"
@@ -269,8 +284,11 @@ class Journal:
             self._fh = self.path.open("a", encoding="utf-8")
             if fresh:
                 self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
-        self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk says nothing of which file it was writing
+            raise ValueError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
 
     def close(self, *, remove: bool = False) -> None:
         if self._fh is not None:

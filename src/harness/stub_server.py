@@ -11,6 +11,8 @@ timeout, invalid JSON), the way real APIs do.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import random
@@ -126,12 +128,17 @@ class StubServer:
     """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
 
     def __init__(self, port: int = 0, *, fault_rate: float = 0.0, seed: int = 0,
-                 stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0):
+                 stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0,
+                 echo: int = 0):
+        """`echo` > 0: like a careless API, send back the last `echo` characters of every
+        credential the request carried (headers, cookie, query, body, Basic auth) in the
+        reply text or 401 message and in an `x-echo` header, to test the scrubber."""
         self.fault_rate, self.stall_seconds, self.api_key = fault_rate, stall_seconds, api_key
-        self.delay = delay
+        self.delay, self.echo = delay, echo
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[dict] = []
+        self.seen: list[dict] = []  # every POST as it arrived, refused ones too
         self.faults: dict[str, int] = {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -189,15 +196,35 @@ class StubServer:
                 else:
                     self._error(404, f"no route {self.path}")
 
+            def _credentials(self, raw: bytes) -> list[str]:
+                sent = [self.headers.get(h, "") for h in (*AUTH_HEADERS, "cookie")]
+                sent += [v for k, v in self.headers.items() if "token" in k.lower()]
+                auth = self.headers.get("authorization", "")
+                if auth.lower().startswith("basic "):
+                    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                        sent.append(base64.b64decode(auth[6:]).decode())
+                sent.append(self.path.partition("?")[2])
+                with contextlib.suppress(ValueError, AttributeError):
+                    sent += [str(v) for k, v in json.loads(raw).items()
+                             if "key" in k or "token" in k and k != "max_tokens"]
+                return [c for c in sent if c]
+
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 route = ROUTES.get(self.path.split("?")[0])
                 if route is None:
                     return self._error(404, f"no route {self.path}")
-                if server.api_key is not None:
-                    sent = " ".join(self.headers.get(h, "") for h in AUTH_HEADERS)
-                    if server.api_key not in sent:
-                        return self._error(401, "invalid api key")
+                with server.lock:
+                    server.seen.append({"path": self.path, "headers": dict(self.headers),
+                                        "body": raw.decode("utf-8", "replace")})
+                needed = server.api_key is not None or server.echo
+                credentials = self._credentials(raw) if needed else []
+                echoed = " ".join(c[-server.echo:] for c in credentials) if server.echo else ""
+                echo = {"x-echo": echoed} if echoed else {}
+                if server.api_key is not None and not any(server.api_key in c
+                                                          for c in credentials):
+                    return self._error(401, "invalid api key" + (f": {echoed}" if echoed else ""),
+                                       echo)
                 try:
                     body = json.loads(raw)
                 except ValueError:
@@ -228,9 +255,12 @@ class StubServer:
                     return self._error(400, "the last message must be a non-empty user message")
                 max_tokens = body.get("max_tokens")
                 text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
+                if echoed:
+                    text += f" (you sent {echoed})"
                 payload = route(body, model, text, cut, n_in, n_out)
                 # some APIs echo credentials back; the stub does too, to test the scrubber
-                echo = {"x-echo-key": server.api_key} if server.api_key else {}
+                if server.api_key:
+                    echo["x-echo-key"] = server.api_key
                 return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), echo)
 
         return Handler
