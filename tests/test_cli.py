@@ -37,7 +37,8 @@ def test_shipped_demo_replays_offline_and_prints_the_tables(tmp_path):
     assert "Summary" in proc.stdout and f"wrote 130 rows to {out}" in proc.stdout
     frame = results.load(out)
     assert set(frame["provider"]) == {"local-smollm2", "local-gemma3", "local-smollm2-anthropic",
-                                      "stub-cohere-v1", "stub-cohere-v2"}
+                                      "local-smollm2-cohere-v1", "local-smollm2-cohere-v2",
+                                      "local-smollm2-gemini", "stub-cohere-v1", "stub-cohere-v2"}
     assert frame.groupby("provider").size().eq(26).all()
     assert "length" in set(frame["finish_reason"])
 

@@ -18,7 +18,7 @@ from conftest import ROOT, stub_providers
 
 from harness import RetryPolicy, compare, replay, results
 from harness.datasets import from_records
-from harness.stub_server import StubServer
+from harness.stub_server import FAULTS, StubServer
 
 
 def many_turns(conversations: int, turns: int, name: str = "many"):
@@ -31,19 +31,19 @@ def many_turns(conversations: int, turns: int, name: str = "many"):
     return from_records(records, name=name)
 
 
-def test_fault_injection_every_turn_accounted_for(tmp_path, capsys):
-    dataset = many_turns(50, 4)  # 200 turns
+def test_fault_injection_every_turn_accounted_for_and_replayed_as_it_happened(tmp_path):
+    dataset = many_turns(75, 4)  # 300 turns
+    retry = RetryPolicy(attempts=4, base=0.01, max_wait=0.2)
     with StubServer(fault_rate=0.25, seed=11, stall_seconds=1.5) as stub:
         provider = stub_providers(stub.base_url)[0]
         frame = replay(dataset, [provider], history="reference", record_mode="all",
                        cassette_dir=tmp_path, concurrency=8, timeout=0.5, progress=False,
-                       retry=RetryPolicy(attempts=4, base=0.01, max_wait=0.2))
+                       retry=retry)
         faults = dict(stub.faults)
-    assert len(frame) == 200
+    assert len(frame) == 300
     assert not frame.duplicated(["conversation_id", "turn", "provider"]).any()
     assert set(frame["status"]) <= {"ok", "error"}
-    assert sum(faults.values()) >= 30 and set(faults) == {"429", "500", "drop", "stall",
-                                                           "bad_json"}
+    assert sum(faults.values()) >= 45 and set(faults) == set(FAULTS)
     retried = frame[frame["attempts"] > 1]
     assert len(retried) >= 25
     assert (frame.loc[frame["status"] == "ok", "response"].str.len() > 0).all()
@@ -51,8 +51,46 @@ def test_fault_injection_every_turn_accounted_for(tmp_path, capsys):
     assert (errors["attempts"] == 4).all() and errors["error"].notna().all()
     usage = compare.usage(frame)
     assert usage.loc[provider.name, "retries"] == int((frame["attempts"] - 1).sum())
+
+    # offline, with the stub gone, every column of every row is what the live run gave,
+    # latency included (it is the recorded one)
+    offline = replay(dataset, [provider], history="reference", cassette_dir=tmp_path,
+                     concurrency=8, timeout=0.5, progress=False, retry=retry)
+    pd.testing.assert_frame_equal(offline, frame)
+    transport = frame["error"].str.contains("Timeout|Protocol|ReadError", na=False)
     print(f"\nfaults injected: {faults}; rows retried: {len(retried)}; "
-          f"retries: {usage.loc[provider.name, 'retries']}; error rows: {len(errors)}")
+          f"retries: {usage.loc[provider.name, 'retries']}; error rows: {len(errors)}; "
+          f"rows whose last attempt failed in transport: {int(transport.sum())}; "
+          f"offline == live on all {len(frame.columns)} columns of {len(frame)} rows")
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall", "truncated"])
+def test_a_turn_lost_in_transport_replays_offline_as_the_same_failure(tmp_path, fault):
+    from vcr.persisters.filesystem import FilesystemPersister
+    from vcr.serializers import yamlserializer
+
+    dataset = many_turns(2, 2)
+    retry = RetryPolicy(attempts=3, base=0.01, max_wait=0.05)
+    with StubServer(fault_rate=1.0, stall_seconds=1.0) as stub:
+        stub.random.choice = lambda faults: fault  # every attempt of every turn fails so
+        provider = stub_providers(stub.base_url)[0]
+        live = replay(dataset, [provider], history="reference", record_mode="all",
+                      cassette_dir=tmp_path, timeout=0.3, progress=False, retry=retry)
+        sent = len(stub.requests)
+    assert (live["status"] == "error").all() and (live["attempts"] == 3).all()
+    assert live["http_status"].isna().all() and live["error"].notna().all()
+    assert sent == 12
+    offline = replay(dataset, [provider], history="reference", cassette_dir=tmp_path,
+                     timeout=0.3, progress=False, retry=retry)
+    pd.testing.assert_frame_equal(offline, live)
+    # stock vcrpy loads these recordings: a response marked as harness's, no HTTP status
+    files = sorted(tmp_path.rglob("*.yaml"))
+    assert len(files) == 2
+    for path in files:
+        requests, responses = FilesystemPersister.load_cassette(str(path), yamlserializer)
+        assert len(requests) == 6
+        assert {r["status"]["code"] for r in responses} == {599}
+        assert all(r["headers"]["x-harness-transport-error"] for r in responses)
 
 
 def test_client_errors_are_not_retried(tmp_path, monkeypatch):

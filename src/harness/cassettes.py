@@ -5,11 +5,15 @@ Layout: one cassette per (dataset, provider, conversation)::
     cassettes/<dataset-stem>/<provider>/<conversation-id>.yaml   (or .json)
 
 Each file is a plain vcrpy cassette (`version: 1`, `interactions: [...]`), so vcrpy and
-pytest-recording replay it too. Splitting per conversation keeps recording linear and
-atomic (a conversation's file is written with temp file + rename when it completes) and lets
-concurrent conversations record without sharing a file. The YAML is written in flow style
-that is also JSON (see `_yaml_text`), so it is parsed as JSON; block-style YAML, as vcrpy
-writes it, goes through libyaml.
+pytest-recording replay it too. Splitting per conversation keeps recording linear and lets
+concurrent conversations record without sharing a file. While a conversation is being
+recorded its exchanges go to `<conversation-id>.yaml.partial` (same format), renamed to the
+cassette when the conversation completes: a run that was stopped leaves a partial file that
+the next run replays and continues, and record mode `once` can tell it from a finished
+cassette. Every write is temp file + rename under a per-cassette lock (`filelock`), merged
+with what is on disk, so two processes recording into one folder lose nothing. The YAML is
+written in flow style that is also JSON (see `_yaml_text`), so it is parsed as JSON;
+block-style YAML, as vcrpy writes it, goes through libyaml.
 
 Requests match on method, host, path and the canonical JSON body (sorted keys), never on
 headers. Lookups go through dicts built once per file, so replay is O(1) per request
@@ -19,6 +23,7 @@ instead of vcrpy's scan; the k-th identical request gets the k-th recording.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -26,7 +31,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import time
 import zlib
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping
@@ -38,6 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import orjson
 import yaml
+from filelock import FileLock
 
 from .providers import is_secret_name
 
@@ -68,11 +74,24 @@ SECRET_HEADERS = frozenset(
 SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token"})
 SCRUBBED = "<scrubbed>"
 LATENCY_HEADER = "x-harness-latency-ms"
+# A request that got no HTTP answer (dropped connection, timeout, short read) is recorded
+# as a 599 response marked by this header, its error text in the body: stock vcrpy loads it.
+TRANSPORT_ERROR_HEADER = "x-harness-transport-error"
+TRANSPORT_ERROR_STATUS = 599
+PARTIAL_SUFFIX = ".partial"
+LOCK_TIMEOUT = 120.0
 _BODY_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
 
 
 class CassetteError(ValueError):
     """A cassette file that cannot be read as a vcrpy cassette."""
+
+
+class CassetteWriteError(OSError):
+    """A cassette that could not be written (a full disk, no permission), named in one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class MissingRecording(LookupError):
@@ -112,6 +131,18 @@ class Interaction:
         """The latency harness recorded for this exchange, or None (vcrpy records none)."""
         value = float(self.header(LATENCY_HEADER) or "nan")
         return None if math.isnan(value) else value
+
+    def transport_error(self) -> str | None:
+        """The error of a request that got no HTTP answer, as harness recorded it, or None."""
+        if self.status != TRANSPORT_ERROR_STATUS:
+            return None
+        kind = self.header(TRANSPORT_ERROR_HEADER)
+        if kind is None:
+            return None
+        try:
+            return str(json.loads(self.response_body)["harness_transport_error"])
+        except (ValueError, KeyError, TypeError):
+            return kind
 
 
 def _header(headers: dict[str, list[str]], name: str) -> str | None:
@@ -228,10 +259,12 @@ def _interactions(path: Path, raws: list[dict]) -> list[Interaction]:
     return [_interaction(raw, f"{path}: interaction {i}") for i, raw in enumerate(raws)]
 
 
-def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
+def _load_raw(path: Path, missing_ok: bool = False, as_json: bool | None = None
+              ) -> list[dict] | None:
     """The `interactions` list of a cassette file as stored, or one CassetteError line.
 
-    With `missing_ok`, None when there is no such file.
+    With `missing_ok`, None when there is no such file. `as_json` overrides the format the
+    file's suffix says (a partial file has the format of its cassette).
     """
     try:
         raw = path.read_bytes()
@@ -240,7 +273,7 @@ def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
             return None
         raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = _parse(path, raw)
+        data = _parse(path, raw, as_json)
     except UnicodeDecodeError:
         raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
     except RecursionError:
@@ -259,10 +292,10 @@ def _load_raw(path: Path, missing_ok: bool = False) -> list[dict] | None:
     return data["interactions"]
 
 
-def _parse(path: Path, raw: bytes) -> Any:
+def _parse(path: Path, raw: bytes, as_json: bool | None = None) -> Any:
     """JSON through orjson (which checks the UTF-8 itself); what it refuses (NaN, lone
     surrogates, bad UTF-8) through the standard library; YAML in block style through libyaml."""
-    as_json = path.suffix == ".json"
+    as_json = path.suffix == ".json" if as_json is None else as_json
     if as_json or raw[:64].lstrip()[:1] == b"{":  # harness's YAML is JSON too
         try:
             return orjson.loads(raw)
@@ -436,6 +469,15 @@ def dataset_folder(root: str | Path, dataset: str) -> Path:
     return Path(root) / _safe_name(dataset)
 
 
+def recorded_providers(root: str | Path, dataset: str) -> list[str]:
+    """The providers with a cassette folder for `dataset`, sorted."""
+    folder = dataset_folder(root, dataset)
+    if not folder.is_dir():
+        return []
+    # judge-<provider>/ folders hold a judge's calls (harness score --judge), not a provider's
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("judge-"))
+
+
 @functools.lru_cache(maxsize=256)
 def _folder(root: str | Path, dataset: str, provider: str) -> Path:
     folder = dataset_folder(root, dataset) / _safe_name(provider)
@@ -459,34 +501,97 @@ def _to_text(body: bytes) -> str | bytes:
         return body
 
 
+def partial_path(path: Path) -> Path:
+    """Where a cassette's exchanges are kept until its conversation completes."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the lock every writer of the cassette at `path` takes (a hidden file beside it).
+
+    The lock file is removed while still held, so none is left behind: filelock (4.x) sees
+    that a lock file it waited on was unlinked and takes the new one instead.
+    """
+    lock_path = path.with_name(f".{path.name}.lock")
+    with FileLock(lock_path, timeout=LOCK_TIMEOUT):
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+RERECORDING_MARKER = ".harness-rerecording"
+
+
+def begin_rerecording(folder: Path, started: float) -> float:
+    """Mode `all` into `folder`: when its re-recording began. The marker of one that did not
+    finish is there: it is continued (what it recorded is kept, not sent again)."""
+    marker = folder / RERECORDING_MARKER
+    try:
+        return float(json.loads(marker.read_bytes())["started"])
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):  # a torn marker: start afresh
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"started": started}), encoding="utf-8")
+    return started
+
+
+def end_rerecording(folder: Path) -> None:
+    """Mode `all` into `folder` has finished: the next one replaces all of it again."""
+    (folder / RERECORDING_MARKER).unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 @dataclass
 class Cassette:
-    """One cassette file opened for replay and/or recording in a vcrpy record mode."""
+    """One cassette file opened for replay and/or recording in a vcrpy record mode.
+
+    A recording run replays and extends the partial file an unfinished run left, if any;
+    `save` merges what this run recorded into what is on disk, under the cassette's lock.
+    """
 
     path: Path
     mode: RecordMode = "none"
     secrets: list[str] = field(default_factory=list)
-    existed: bool = False
+    existed: bool = False  # a finished cassette: in mode `once` it is replayed, never extended
     _recordings: list[Interaction] = field(default_factory=list)
     _played: set[int] = field(default_factory=set)
     _first_unplayed: int = 0
     _by_key: dict[bytes, deque[int]] | None = None
-    _recorded: list[dict] = field(default_factory=list)
-    _kept: list[dict] = field(default_factory=list)
+    _recorded: list[dict] = field(default_factory=list)  # not saved yet
+    # mode `all` replaces a cassette written before this time (the run's start); one written
+    # since then is another process's recording, merged in
+    since: float = 0.0
 
     @classmethod
     def open(cls, path: str | Path, mode: RecordMode = "none",
-             secrets: list[str] | None = None, keep: bool = False) -> Cassette:
-        """Open for `mode`; `keep` (a resumed run) keeps what an unfinished run recorded."""
+             secrets: list[str] | None = None, since: float | None = None) -> Cassette:
+        """Open for `mode`: `none` reads the cassette; the recording modes read the partial
+        file of an unfinished run if there is one, else the cassette (`all`: nothing).
+
+        `since`: when the run began (default: now); mode `all` replaces what was recorded
+        before it."""
         path = path if isinstance(path, Path) else Path(path)
-        cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s])
-        raws = _load_raw(path, missing_ok=True) if mode != "all" or keep else None
-        cassette.existed = (raws is not None or path.exists()) and not keep
-        raws = raws or []
-        if mode != "all":
-            cassette._recordings = _interactions(path, raws)
-        if mode == "new_episodes" or keep:
-            cassette._kept = raws
+        cassette = cls(path=path, mode=mode, secrets=[s for s in secrets or [] if s],
+                       since=time.time() if since is None else since)
+        raws = None
+        if mode != "none":
+            raws = _load_raw(partial_path(path), missing_ok=True, as_json=path.suffix == ".json")
+        if raws is None and (mode != "all" or _mtime(path) >= cassette.since):
+            # in mode `all`, a cassette written since the run began is this run's (another
+            # process's, or an interrupted run's it continues): replayed, not sent again
+            raws = _load_raw(path, missing_ok=True)
+            cassette.existed = raws is not None
+        cassette._recordings = _interactions(path, raws or [])
         return cassette
 
     @property
@@ -501,7 +606,7 @@ class Cassette:
         unplayed recording is byte for byte this request, it is the answer, with no JSON
         parsed. Anything else goes through the index of canonical keys, built on first need.
         """
-        if self.mode == "all":
+        if not self._recordings:
             return None
         while self._first_unplayed in self._played:
             self._first_unplayed += 1
@@ -533,34 +638,81 @@ class Cassette:
                                   content=hit.response_body, request=request)
         return response, float("nan") if latency is None else latency
 
+    def _request(self, request: httpx.Request) -> dict:
+        secrets = self.secrets
+        return {
+            "body": _scrub_body(request.content, secrets),
+            "headers": scrub_headers(_headers_dict(request.headers), secrets),
+            "method": request.method,
+            "uri": scrub_url(str(request.url), secrets),
+        }
+
     def record(self, request: httpx.Request, response: httpx.Response, latency_ms: float) -> None:
         """Keep one exchange (credentials scrubbed) for the next `save`."""
-        secrets = self.secrets
         response_headers = {
             k: v for k, v in _headers_dict(response.headers).items()
             if k.lower() not in _BODY_FRAMING
         }
         response_headers[LATENCY_HEADER] = [f"{latency_ms:.1f}"]
         self._recorded.append({
-            "request": {
-                "body": _scrub_body(request.content, secrets),
-                "headers": scrub_headers(_headers_dict(request.headers), secrets),
-                "method": request.method,
-                "uri": scrub_url(str(request.url), secrets),
-            },
+            "request": self._request(request),
             "response": {
-                "body": {"string": _scrub_body(response.content, secrets)},
-                "headers": scrub_headers(response_headers, secrets),
+                "body": {"string": _scrub_body(response.content, self.secrets)},
+                "headers": scrub_headers(response_headers, self.secrets),
                 "status": {"code": response.status_code, "message": response.reason_phrase},
             },
         })
 
-    def save(self) -> None:
-        """Write the cassette atomically (temp file + rename) if anything new was recorded."""
-        if not self._recorded:
+    def record_failure(self, request: httpx.Request, kind: str, error: str,
+                       latency_ms: float) -> None:
+        """Keep a request that got no HTTP answer, so that a replay fails the same way.
+
+        `kind` is the exception's class name, `error` the text the results show (scrubbed).
+        """
+        body = json.dumps({"harness_transport_error": error}, ensure_ascii=False)
+        self._recorded.append({
+            "request": self._request(request),
+            "response": {
+                "body": {"string": body},
+                "headers": {"content-type": ["application/json"],
+                            TRANSPORT_ERROR_HEADER: [kind],
+                            LATENCY_HEADER: [f"{latency_ms:.1f}"]},
+                "status": {"code": TRANSPORT_ERROR_STATUS,
+                           "message": "no HTTP response (recorded by harness)"},
+            },
+        })
+
+    def save(self, *, finished: bool = True) -> None:
+        """Write what was recorded since the last save into the partial file, merged with what
+        is on disk, and make that the cassette; with `finished=False` (a conversation not
+        complete yet) it stays the partial file, which the next run continues.
+
+        Under the cassette's lock: another process may be recording into the same file.
+        """
+        if self.mode == "none" or not (self._recorded or finished):
             return
-        write_cassette(self.path, self._kept + self._recorded)
-        self._kept, self._recorded = self._kept + self._recorded, []
+        partial = partial_path(self.path)
+        if not self._recorded and not partial.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path):
+            if self._recorded:
+                _write(partial, self._on_disk() + self._recorded, self.path.suffix == ".json")
+                self._recorded = []
+            _temp_path(self.path).unlink(missing_ok=True)  # a killed writer's
+            if finished and partial.exists():
+                os.replace(partial, self.path)
+
+    def _on_disk(self) -> list[dict]:
+        """What the files hold now: an unfinished recording, else the cassette, unless this
+        is mode `all` and the cassette was written before the run began."""
+        raws = _load_raw(partial_path(self.path), missing_ok=True,
+                         as_json=self.path.suffix == ".json")
+        if raws is not None:
+            return raws
+        if self.mode == "all" and _mtime(self.path) < self.since:
+            return []
+        return _load_raw(self.path, missing_ok=True) or []
 
 
 def _scrub_body(body: bytes, secrets: list[str]) -> str | bytes:
@@ -568,20 +720,38 @@ def _scrub_body(body: bytes, secrets: list[str]) -> str | bytes:
     return scrub_text(text, secrets) if isinstance(text, str) else text
 
 
+def _temp_path(path: Path) -> Path:
+    # one fixed name per file, safe because every writer holds the cassette's lock; a
+    # killed writer's temp file is overwritten or removed by the next one
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_cassette(path: Path, interactions: list[dict]) -> None:
     """Write a vcrpy cassette atomically: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        _write(path, interactions, path.suffix == ".json")
+
+
+def _write(path: Path, interactions: list[dict], as_json: bool) -> None:
+    """Temp file + fsync + rename; the caller holds the lock. A failed write (a full disk)
+    leaves the old file and no temp file, and says which file it could not write."""
     data = {"interactions": interactions, "version": 1}
-    text = _json_text(data) if path.suffix == ".json" else _yaml_text(data)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    text = _json_text(data) if as_json else _yaml_text(data)
+    tmp = _temp_path(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CassetteWriteError(
+                exc.errno, f"{path}: cannot write the cassette: {exc.strerror or exc} "
+                           "(what was recorded before is kept: run the same command again "
+                           "once this is fixed)") from None
         raise
 
 

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,10 +19,16 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from . import compare, results
-from .cassettes import RECORD_MODES, CassetteError, MissingRecording, _safe_name, dataset_folder, scrub_text
+from . import compare, costs, foreign, results, scores
+from .cassettes import (
+    RECORD_MODES,
+    CassetteError,
+    MissingRecording,
+    _safe_name,
+    recorded_providers,
+    scrub_text,
+)
 from .datasets import DatasetError, load_dataset
-from .foreign import add_commands as add_foreign_commands
 from .providers import (
     PRESETS,
     Provider,
@@ -126,6 +133,16 @@ def _cell(value: object, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
+SHORT_NAMES = {
+    "input_tokens": "in", "output_tokens": "out", "total_tokens": "total",
+    "cached_input_tokens": "cached in", "cache_write_input_tokens": "cache write",
+    "reasoning_tokens": "reasoning",
+    "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
+    "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
+    "cost_usd": "$ total", "cost_per_turn_usd": "$/turn", "cost_per_1k_turns_usd": "$/1k turns",
+}
+
+
 def _compact(value: object) -> object:
     """12345 -> '12.3k': keeps the summary inside 80 columns."""
     if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
@@ -173,15 +190,27 @@ def print_summary(frame: pd.DataFrame, console: Console, title: str = "Summary")
 SHOW = ("summary", "replies", "all")
 
 
-def print_report(frame: pd.DataFrame, console: Console, show: str = "summary") -> None:
-    """What `replay` and `compare` print: the summary; the replies side by side on request."""
+def print_report(frame: pd.DataFrame, console: Console, show: str = "summary",
+                 providers: dict[str, Provider] | None = None) -> None:
+    """What `replay` and `compare` print: the summary (with tool-call matches and scores where
+    the results have them, and why any cost is $0 or NA); the replies side by side on request."""
     if show in ("replies", "all"):
         wide = compare.side_by_side(frame).drop(columns=["reference"])
         print_frame(wide, "Replies, side by side", console, max_chars=60)
     if show == "all":
         print_frame(compare.finish_reasons(frame), "Finish reasons", console, index=True)
-        print_frame(compare.usage(frame), "Token usage and latency", console, index=True)
+        usage = compare.usage(frame).rename(columns=lambda c: SHORT_NAMES.get(c, c))
+        print_frame(usage, "Token usage and latency", console, index=True)
+    if frame["reference_tool_calls"].notna().any():
+        print_frame(compare.tool_calls(frame), "Tool calls against the dataset's", console,
+                    index=True)
+    scored = [c for c in frame.columns if c in scores.SCORERS or c.startswith("judge_")]
+    if scored:
+        print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
+                    index=True)
     print_summary(frame, console)
+    for line in costs.unpriced_summary(frame, providers):
+        console.print(line, highlight=False)
 
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -223,11 +252,6 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
     return load_providers_file(default) if default.exists() else {}
 
 
-def _recorded_providers(cassette_dir: Path, dataset_name: str) -> list[str]:
-    folder = dataset_folder(cassette_dir, dataset_name)
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         results.check_format(args.out)
@@ -238,9 +262,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.concurrency > MAX_CONCURRENCY:
         raise UsageError(f"--concurrency {args.concurrency} is too many "
                          f"(expected at most {MAX_CONCURRENCY} conversations at once)")
-    dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit)
+    dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools)
     extra = _user_providers(args.providers_file)
-    names = args.provider or _recorded_providers(Path(args.cassettes), dataset.name)
+    names = args.provider or recorded_providers(args.cassettes, dataset.name)
     if not names:
         raise UsageError(
             f"no cassettes for {dataset.name!r} under {args.cassettes}/{dataset.name}/: "
@@ -257,24 +281,61 @@ def cmd_replay(args: argparse.Namespace) -> int:
     journal = Path(f"{args.out}.journal.jsonl") if args.out else None
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
-    frame = replay(
-        dataset, providers, history=args.history, record_mode=args.record_mode,
-        cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
-        concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
-        timeout=args.timeout,
-    )
-    print_report(frame, console, args.show)
+    finished: list[results.TurnResult] = []
+    try:
+        frame = replay(
+            dataset, providers, history=args.history, record_mode=args.record_mode,
+            cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
+            concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
+            on_row=finished.append, keep_journal=True, started_at=_process_start(),
+            timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
+        order = [c.id for c in dataset.conversations]
+        return _interrupted(args, results.to_frame(finished, order=order), total, journal)
+    print_report(frame, console, args.show, {p.name: p for p in providers})
     if args.out:
         path = results.save(frame, args.out)
+        journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
         console.print(f"wrote {len(frame)} rows to {path} (see them in a browser: "
                       f"harness view {path})", overflow="fold")
     return 0
 
 
+def _process_start() -> float:
+    """When this command was launched (Linux: from /proc), else now: what `--record-mode all`
+    recorded before it is replaced, what another process records after it is kept."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,
+                 journal: Path | None) -> int:
+    """Ctrl-C: keep the rows that finished (with --out) and say, in one line, how to go on."""
+    done = f"{len(finished)} of {total} turns"
+    if args.out and len(finished):
+        results.save(finished, args.out)
+        where = f"wrote the {done} that finished to {args.out}, the journal {journal} keeps them"
+    else:
+        where = f"{done} finished; what was recorded is kept under {args.cassettes}"
+    print(f"harness: interrupted: {where}; run the same command again to resume",
+          file=sys.stderr)
+    return 130
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    frame = results.load(args.results)
+    extra = _user_providers(args.providers_file)
+    frame = results.load(args.results, extra)
+    if args.metric:
+        return _print_significance(frame, args.metric, args.seed)
     if args.format == "table":
-        print_report(frame, _console(), args.show)
+        print_report(frame, _console(), args.show, extra)
         return 0
     tables = {"summary": summary(frame).reset_index(),
               "finish_reasons": compare.finish_reasons(frame).reset_index(),
@@ -283,6 +344,87 @@ def cmd_compare(args: argparse.Namespace) -> int:
         tables["replies"] = compare.side_by_side(frame)
     write_tables(tables, args.format)
     return 0
+
+
+def _print_significance(frame: pd.DataFrame, metric: str, seed: int) -> int:
+    """`compare --metric`: intervals per provider and per pair, and what they mean."""
+    out = compare.significance(frame, metric, seed=seed)
+    console = _console()
+    print_frame(out["providers"].round(4), f"{metric}: mean per provider, 95% bootstrap interval "
+                "(resampling conversations)", console, index=True)
+    pairs = out["pairs"].drop(columns="sentence").round(4)
+    print_frame(pairs, f"{metric}: paired difference b - a, 95% bootstrap interval", console)
+    if "strengths" in out:
+        print_frame(out["strengths"].round(4), f"{metric}: Bradley-Terry strengths from per-turn "
+                    "wins", console, index=True)
+    for sentence in out["pairs"]["sentence"]:
+        console.print(sentence, highlight=False)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.out:
+        results.check_format(args.out)
+        check_output(args.out, [args.results, args.providers_file])
+    if args.pairwise and not args.judge:
+        raise UsageError("--pairwise needs --judge PROVIDER")
+    chosen = [scores.scorer(s) for s in (args.scorer or scores.DEFAULT_SCORERS)]
+    frame = scores.score(results.load(args.results), chosen)
+    columns = [s.name for s in chosen]
+    console = _console()
+    pairs = []
+    if args.judge:
+        pairs = _judge(args, frame)
+        frame = pairs.pop(0)
+        columns.append(f"judge_{args.judge}")
+    print_frame(compare.score_table(frame, columns),
+                "Scores, mean per provider (pass/fail scores as the share passed)", console,
+                index=True)
+    for table in pairs:
+        a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+        counts = table["winner"].value_counts().rename_axis("winner").rename("turns")
+        print_frame(counts.to_frame(), f"{args.judge} judges {a} vs {b} (both orders)", console,
+                    index=True)
+        from .significance import win_rates
+
+        for sentence in win_rates(table)["sentence"]:
+            console.print(sentence, highlight=False)
+    if args.out:
+        path = results.save(frame, args.out)
+        console.print(f"wrote {len(frame)} rows with {', '.join(columns)} to {path}")
+        for table in pairs:
+            a, b = table["provider_a"].iloc[0], table["provider_b"].iloc[0]
+            out = Path(args.out)
+            pair_path = results.save(table, out.with_name(f"{out.stem}.pairwise-{a}-{b}{out.suffix}"))
+            console.print(f"wrote {len(table)} pairwise verdicts to {pair_path}")
+    return 0
+
+
+def _judge(args: argparse.Namespace, frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """The scored frame with the judge's ratings, then one pairwise table per --pairwise."""
+    from . import judge
+
+    (provider,) = resolve([args.judge], _user_providers(args.providers_file))
+    known = set(frame["provider"])
+    pairs = [tuple(p.split(",")) for p in args.pairwise or []]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= known:
+            raise UsageError(f"--pairwise {','.join(pair)}: expected A,B, two providers of "
+                             f"{args.results} (known: {', '.join(sorted(known))})")
+    params = {"max_tokens": args.judge_max_tokens} if args.judge_max_tokens else {}
+    dataset = args.dataset or Path(args.results).stem
+    judged = frame if not args.conversation else frame[frame["conversation_id"].isin(args.conversation)]
+    with judge.Judge(provider, dataset, cassette_dir=args.cassettes,
+                     record_mode=args.record_mode, params=params) as j:
+        graded = judge.grade(judged, j, args.judged or None)
+        tables = [judge.pairwise(judged, j, a, b) for a, b in pairs]
+    if j.failures:
+        print(f"harness: judge {provider.name}: {len(j.failures)} calls got no answer, their "
+              f"verdicts are NA (first: {j.failures[0]})", file=sys.stderr)
+    column = f"judge_{provider.name}"
+    frame = frame.assign(**{column: pd.array([pd.NA] * len(frame), dtype="Float64")})
+    frame.loc[graded.index, column] = graded[column]
+    return [frame, *tables]
 
 
 def _tolerance(items: Sequence[str]) -> dict[str, float]:
@@ -373,9 +515,123 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_serve_local(args: argparse.Namespace) -> int:
-    from .local import serve
+    from .local import _model, serve
 
-    return serve(args.model, args.port, args.threads, args.ctx_size, parallel=args.parallel)
+    if args.bridge_port is None:
+        return serve(args.model, args.port, args.threads, args.ctx_size, parallel=args.parallel)
+    from .bridge import Bridge
+
+    port = _model(args.model).default_port if args.port is None else args.port
+    with Bridge(f"http://127.0.0.1:{port}/v1", args.bridge_port) as bridge:
+        print(f"bridge (Cohere v1 /v1/chat, Cohere v2 /v2/chat, Gemini /v1beta) at {bridge.base_url}",
+              flush=True)
+        return serve(args.model, port, args.threads, args.ctx_size, parallel=args.parallel)
+
+
+# --- inspect and import: other tools' cassettes ------------------------------------------------
+
+
+# in, out: Usage's meaning; cached/written: cache reads/writes; reason: reasoning part of out;
+# billed: Cohere's billed in/out; id: the response id
+INSPECT_COLUMNS = ["cassette", "#", "provider", "model", "stream", "status", "finish", "in", "out",
+                   "cached", "written", "reason", "billed", "id", "reply"]
+
+
+def _billed(n_in: int | None, n_out: int | None) -> str | None:
+    if n_in is None and n_out is None:
+        return None
+    return f"{'—' if n_in is None else n_in}/{'—' if n_out is None else n_out}"
+
+
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """An `inspect_cassettes` table narrowed for a terminal: one `reply` cell holds the text,
+    else the tool calls, else the error; `finish` names the provider's own reason if it differs."""
+    rows = []
+    for r in frame.to_dict("records"):
+        r = {k: cell for k, cell in ((k, None if v is pd.NA else v) for k, v in r.items())}
+        finish = r["finish_reason"]
+        if finish and r["raw_finish_reason"] and r["raw_finish_reason"] != finish:
+            finish = f"{finish} ({r['raw_finish_reason']})"
+        if r["protocol"] is None and r["method"] is not None:
+            reply = f"({r['method']} {r['path']}: no chat call)"
+        elif r["error"]:
+            reply = r["error"]
+        elif r["text"]:
+            reply = r["text"]
+        else:
+            reply = f"-> {r['tool_calls']}" if r["tool_calls"] else ""
+        rows.append({"cassette": Path(r["file"]).name, "#": r["index"], "provider": r["provider"],
+                     "model": r["model"], "stream": "yes" if r["streamed"] else "",
+                     "status": r["status"], "finish": finish, "in": r["input_tokens"],
+                     "out": r["output_tokens"], "cached": r["cached_tokens"],
+                     "written": r["cache_write_tokens"], "reason": r["reasoning_tokens"],
+                     "billed": _billed(r["billed_input_tokens"], r["billed_output_tokens"]),
+                     "id": r["response_id"], "reply": reply})
+    out = pd.DataFrame(rows, columns=INSPECT_COLUMNS)
+    for column in ("#", "status", "in", "out", "cached", "written", "reason"):
+        out[column] = pd.array(list(out[column]), dtype="Int64")
+    return out
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.out:
+        foreign.check_suffix(args.out, "table")
+    frame = foreign.inspect_cassettes(args.cassettes)
+    console = _console()
+    files = frame["file"].nunique()
+    print_frame(display_frame(frame),
+                f"{len(frame)} interactions in {files} cassette{'s' * (files != 1)}",
+                console, max_chars=args.max_chars)
+    if args.out:
+        console.print(f"wrote {foreign.save_table(frame, args.out)}", highlight=False, markup=False,
+                      soft_wrap=True)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    for out, flag in ((args.out, "--out"), (args.baseline, "--baseline")):
+        if out is not None:
+            check_output(out, args.cassettes, force=args.force, flag=flag)
+    if args.baseline is not None and Path(args.baseline).resolve() == Path(args.out).resolve():
+        raise ValueError(f"--baseline {args.baseline} is --out too (expected two files)")
+    plan = foreign.plan_import(args.cassettes)
+    dataset, frame = foreign.write_import(plan, args.out, args.baseline)
+    console = _console()
+    summary = pd.DataFrame([
+        {"conversation": c.id, "source": Path(c.metadata.get("source", "")).name,
+         "provider": c.metadata.get("provider"), "model": c.metadata.get("model"),
+         "turns": len(c.user_turns()),
+         "baseline rows": int((frame["conversation_id"] == c.id).sum()),
+         "tool steps": len(c.metadata.get("tool_steps") or [])}
+        for c in dataset])
+    print_frame(summary, f"{len(dataset)} conversations, {len(dataset.turns())} user turns, "
+                f"{len(frame)} baseline rows", console, max_chars=60)
+    for line in plan.skipped:
+        console.print(f"not imported: {line}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote {args.out}" + (f" and {args.baseline}" if args.baseline else ""),
+                  highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
+def add_foreign_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `inspect` and `import` to the `python -m harness` subcommands."""
+    p = sub.add_parser("inspect", help="one row per interaction of any vcrpy cassettes")
+    p.add_argument("cassettes", nargs="+", metavar="CASSETTE",
+                   help="cassette files (vcrpy YAML/JSON), or folders of them")
+    p.add_argument("--out", "-o", metavar="FILE", help="also save the table (.csv, .parquet, .jsonl)")
+    p.add_argument("--max-chars", type=int, default=40, metavar="N",
+                   help="shorten long cells to N characters (default 40)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("import", help="turn recorded chat requests into a dataset and a baseline")
+    p.add_argument("cassettes", nargs="+", metavar="CASSETTE",
+                   help="cassette files (vcrpy YAML/JSON), or folders of them")
+    p.add_argument("--out", "-o", required=True, metavar="DATASET",
+                   help="where to write the dataset (JSONL)")
+    p.add_argument("--baseline", metavar="RESULTS",
+                   help="also write the recorded replies as results (.parquet, .csv, .jsonl)")
+    p.add_argument("--force", action="store_true", help="replace --out / --baseline if they exist")
+    p.set_defaults(func=cmd_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cassette-format", choices=("yaml", "json"), default="yaml",
                    help="cassette files as vcrpy YAML (default) or vcrpy JSON (faster at scale)")
     p.add_argument("--answers", metavar="FILE", help="FastChat answer file for MT-Bench questions")
+    p.add_argument("--tools", metavar="FILE",
+                   help="JSON array of tool schemas offered in conversations that name none")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N conversations")
     p.add_argument("--max-tokens", type=int, metavar="N")
     p.add_argument("--temperature", type=float, metavar="T")
@@ -425,13 +683,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "side by side; all: also the full usage tables")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("compare", help="print the comparison tables of a results file")
+    p = with_common(sub.add_parser("compare", help="print the comparison tables of a results file"))
     p.add_argument("results")
+    p.add_argument("--metric", "-m", metavar="COLUMN",
+                   help="instead, is the difference between providers on this score real? "
+                        "(bootstrap intervals by conversation, paired; McNemar for pass/fail)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--show", choices=SHOW, default="summary",
                    help="summary (default), replies (side by side too) or all")
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table for the terminal (default), or markdown, csv, json")
     p.set_defaults(func=cmd_compare)
+
+    p = with_common(sub.add_parser("score", help="score replies against the reference"))
+    p.add_argument("results")
+    p.add_argument("--scorer", "-s", action="append", metavar="NAME",
+                   help="exact, contains, regex, regex:PATTERN, similarity, rouge_l, chrf "
+                        f"(repeatable; default: {', '.join(scores.DEFAULT_SCORERS)})")
+    p.add_argument("--out", "-o", metavar="FILE",
+                   help="write the scored rows (.parquet, ...); pairwise verdicts go beside it")
+    p.add_argument("--judge", metavar="PROVIDER",
+                   help="also grade each reply 1-10 with this provider (MT-Bench single-answer)")
+    p.add_argument("--judged", action="append", metavar="PROVIDER",
+                   help="only grade these providers' replies (repeatable; default: all)")
+    p.add_argument("--conversation", action="append", metavar="ID",
+                   help="only judge these conversations (repeatable; default: all)")
+    p.add_argument("--pairwise", action="append", metavar="A,B",
+                   help="judge A against B, both orders (repeatable; needs --judge)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="judge cassettes go to CASSETTES/NAME/judge-PROVIDER/ "
+                        "(default: the results file's stem)")
+    p.add_argument("--record-mode", choices=RECORD_MODES, default="none",
+                   help="for the judge's calls, as in replay (default none: offline)")
+    p.add_argument("--judge-max-tokens", type=int, metavar="N",
+                   help="the judge's max_tokens (default 512)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("diff", help="what changed between two results files (exit 1 if any)")
     p.add_argument("baseline")
@@ -476,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ctx-size", type=int, default=4096, help="context tokens per slot")
     p.add_argument("--parallel", type=int, default=1, help="request slots served at once")
+    p.add_argument("--bridge-port", type=int, metavar="PORT",
+                   help="also answer Cohere v1/v2 and Gemini on this port, from the same model")
     p.set_defaults(func=cmd_serve_local)
 
     p = sub.add_parser("serve-stub", help="run the deterministic stub server on 127.0.0.1")

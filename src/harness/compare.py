@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from difflib import SequenceMatcher
-
 import numpy as np
 import pandas as pd
 
+from .costs import cost_table
 from .messages import FINISH_REASONS
 from .results import SORT_KEY, TOKEN_COLUMNS
+from .scores import DEFAULT_SCORERS, SCORERS, score
 
 KEY = ["conversation_id", "turn"]
 
@@ -33,7 +33,11 @@ def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def usage(results: pd.DataFrame) -> pd.DataFrame:
-    """Per provider: turns, errors, token sums and means, latency p50/p95."""
+    """Per provider: turns, errors, token sums and means, latency p50/p95, dollars.
+
+    `cost_usd` is the sum over answered turns, `cost_per_turn_usd` and
+    `cost_per_1k_turns_usd` its mean per answered turn; NA when a model has no price.
+    """
     groups = results.groupby("provider", sort=False)
     table = pd.DataFrame({
         "turns": groups.size(),
@@ -50,19 +54,57 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     table["latency_p50_ms"] = latency.quantile(0.5).round(1)
     table["latency_p95_ms"] = latency.quantile(0.95).round(1)
     table["retries"] = groups["attempts"].apply(lambda s: int((s.fillna(1) - 1).clip(lower=0).sum()))
+    if "cost_usd" in results:
+        table = table.join(cost_table(results))
+    table.index.name = "provider"
+    return table
+
+
+def tool_calls(results: pd.DataFrame) -> pd.DataFrame:
+    """Per provider, over turns whose dataset reply is a tool call: how many, how many of the
+    replies called tools, and how many matched (`tool_call_match`: same names and canonical
+    arguments; error rows are not scored)."""
+    scored = results[results["reference_tool_calls"].notna()]
+    groups = scored.groupby("provider", sort=False)
+    table = pd.DataFrame({
+        "reference_tool_calls": groups.size(),
+        "replied_with_tool_calls": groups["tool_calls"].apply(lambda s: int(s.notna().sum())),
+        "tool_call_matches": groups["tool_call_match"].apply(lambda s: int(s.fillna(False).sum())),
+    })
+    table["tool_call_match_rate"] = (table["tool_call_matches"]
+                                     / table["reference_tool_calls"]).round(3)
     table.index.name = "provider"
     return table
 
 
 def similarity(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean text similarity (0..1, difflib ratio) of each provider's replies to the reference."""
-    has_ref = results[results["reference"].notna() & results["response"].notna()]
-    scores = has_ref.assign(similarity=[
-        SequenceMatcher(None, r, a).ratio()
-        for r, a in zip(has_ref["reference"], has_ref["response"], strict=True)
-    ])
-    out = scores.groupby("provider", sort=False)["similarity"].agg(["mean", "count"])
-    return out.rename(columns={"mean": "similarity", "count": "turns_with_reference"}).round(3)
+    """Mean text similarity (0..1, rapidfuzz's normalized Indel) of each provider's replies to
+    the reference. difflib's ratio, used before, drops on texts over 200 characters."""
+    scored = score(results, ["similarity"]).dropna(subset=["similarity"])
+    out = scored.groupby("provider", sort=False)["similarity"].agg(["mean", "count"])
+    out = out.rename(columns={"mean": "similarity", "count": "turns_with_reference"})
+    return out.astype({"similarity": float}).round(3)
+
+
+def scores(results: pd.DataFrame, scorers=DEFAULT_SCORERS) -> pd.DataFrame:
+    """`results` with one column per scorer (see `harness.scores`)."""
+    return score(results, scorers)
+
+
+def score_table(results: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """Per provider, the mean of each score column (pass/fail ones as a pass rate)."""
+    columns = columns or [c for c in results.columns if c in SCORERS or c.startswith("judge_")]
+    numeric = results[["provider", *columns]].astype({c: "Float64" for c in columns})
+    table = numeric.groupby("provider", sort=False)[columns].mean().round(3)
+    table.index.name = "provider"
+    return table
+
+
+def significance(results: pd.DataFrame, metric: str, **kwargs) -> dict[str, pd.DataFrame]:
+    """Is the difference between providers on `metric` real? See `harness.significance`."""
+    from .significance import significance as run
+
+    return run(results, metric, **kwargs)
 
 
 DIFF_COLUMNS = ("response", "finish_reason", "status", "input_tokens", "output_tokens")

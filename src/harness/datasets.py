@@ -22,10 +22,12 @@ from .messages import (
     Conversation,
     Message,
     SystemMessage,
+    Tool,
     ToolCall,
     ToolMessage,
     UserMessage,
 )
+from .providers._common import read_tools
 
 ROLES: dict[str, str] = {
     "system": "system", "developer": "system",
@@ -62,6 +64,8 @@ class Turn:
     index: int
     prefix: tuple[Message, ...] = field(repr=False)
     reference: str | None
+    tools: tuple[Tool, ...] = field(default=(), repr=False)  # the schemas offered to the model
+    reference_tool_calls: tuple[ToolCall, ...] = field(default=(), repr=False)
 
     @property
     def prompt(self) -> str:
@@ -70,14 +74,18 @@ class Turn:
 
 
 def conversation_turns(conv: Conversation) -> list[Turn]:
-    """One Turn per user message; its reference is the last assistant text before the next one."""
+    """One Turn per user message; its reference is the last assistant text before the next one,
+    its `reference_tool_calls` those of the assistant message right after it."""
     msgs = conv.messages
     starts = conv.user_turns()
     ends = [*starts[1:], len(msgs)]
     turns = []
     for k, (i, end) in enumerate(zip(starts, ends, strict=True), 1):
         texts = [m.content for m in msgs[i + 1 : end] if m.role == "assistant" and m.content]
-        turns.append(Turn(conv.id, k, i, tuple(msgs[: i + 1]), texts[-1] if texts else None))
+        following = msgs[i + 1] if i + 1 < end else None  # a tool call there is the reference
+        calls = following.tool_calls if isinstance(following, AssistantMessage) else ()
+        turns.append(Turn(conv.id, k, i, tuple(msgs[: i + 1]), texts[-1] if texts else None,
+                          conv.tools, calls))
     return turns
 
 
@@ -135,18 +143,49 @@ class Dataset:
 
 
 def load_dataset(
-    path: str | Path, *, answers: str | Path | None = None, limit: int | None = None
+    path: str | Path, *, answers: str | Path | None = None, limit: int | None = None,
+    tools: str | Path | None = None,
 ) -> Dataset:
     """Load a JSONL file, JSON array or JSON document of conversations (the first `limit`).
 
     `answers` is a FastChat answer file joined to MT-Bench questions on `question_id`: its
-    turns become the assistant replies after each user turn.
+    turns become the assistant replies after each user turn. `tools` is a JSON array of tool
+    schemas (OpenAI `{"type": "function", "function": {...}}` or bare `{name, description,
+    parameters}`) offered in every conversation that names none of its own (a record's own
+    `tools` list, OpenAI-style or ShareGPT's JSON text, always wins).
     """
     path = Path(path)
     if limit is not None and limit < 1:
         raise DatasetError(f"{path}: limit is {limit} (expected a positive number)")
     joined = _load_answers(Path(answers)) if answers is not None else None
-    return Dataset(path.stem, path, _conversations(_read_records(path), path.stem, joined, limit))
+    shared_tools = load_tools(tools) if tools is not None else ()
+    conversations = _conversations(_read_records(path), path.stem, joined, limit)
+    if shared_tools:
+        conversations = [c if c.tools else c.model_copy(update={"tools": shared_tools})
+                         for c in conversations]
+    return Dataset(path.stem, path, conversations)
+
+
+def load_tools(path: str | Path) -> tuple[Tool, ...]:
+    """Tool schemas from a JSON file holding an array of them (see `load_dataset`)."""
+    path = Path(path)
+    expected = ("expected a JSON array of tool schemas: {type: function, function: {name, "
+                "description, parameters}} or {name, description, parameters}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file ({expected})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"{path}: not JSON: {' '.join(str(exc).split())} ({expected})") from None
+    if not isinstance(data, list) or not data:
+        raise DatasetError(f"{path}: {expected}")
+    tools = []
+    for n, item in enumerate(data, 1):
+        found = read_tools([item])
+        if not found:
+            raise DatasetError(f"{path}: item {n}: not a tool schema ({expected})")
+        tools += found
+    return tuple(tools)
 
 
 def from_records(records: Iterable[dict], name: str = "dataset") -> Dataset:
@@ -184,10 +223,14 @@ def _conversations(
         metadata = {k: v for k, v in record.items() if k not in skip}
         if isinstance(metadata.get("metadata"), dict):  # canonical {"id", "messages", "metadata"}
             metadata = {**metadata.pop("metadata"), **metadata}
+        tools: tuple[Tool, ...] = ()
         if isinstance(metadata.get("tools"), str):  # ShareGPT keeps tool schemas as JSON text
             with contextlib.suppress(json.JSONDecodeError):
                 metadata["tools"] = json.loads(metadata["tools"])
-        out.append(Conversation(id=conv_id, messages=messages, metadata=metadata))
+        if isinstance(metadata.get("tools"), list) and (
+                (tools := read_tools(metadata["tools"])) or not metadata["tools"]):
+            del metadata["tools"]  # schemas move to Conversation.tools
+        out.append(Conversation(id=conv_id, messages=messages, metadata=metadata, tools=tools))
         if len(out) == limit:
             break
     return out

@@ -2,8 +2,11 @@
 
 Conversations run concurrently (one shared httpx.AsyncClient); the turns of a conversation
 run in order, because in `self` and `auto` history a turn's prompt holds the provider's own
-earlier replies. Each (provider, conversation) has its own cassette, saved when the
-conversation ends, so a killed run keeps every conversation it finished.
+earlier replies. Each (provider, conversation) has its own cassette; what a conversation
+records is kept in its partial file (after every turn when journaling, else when it ends or
+is stopped) and becomes the cassette when the conversation completes, so a run stopped at
+any point (kill -9, Ctrl-C, a full disk) resumes where it was: the same command again
+replays what was recorded and sends only the rest.
 """
 
 from __future__ import annotations
@@ -31,15 +34,22 @@ from .cassettes import (
     MissingRecording,
     RecordedHeaders,
     RecordMode,
+    begin_rerecording,
     cassette_path,
+    dataset_folder,
+    end_rerecording,
+    partial_path,
+    recorded_providers,
     scrub_bytes,
     scrub_text,
     scrub_url,
 )
+from .costs import add_costs
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
+from .tools import calls_json
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -126,6 +136,7 @@ class Run:
     concurrency: int = 4
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
+    started: float = field(default_factory=time.time)  # mode `all` replaces what is older
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
     match_urls: dict[str, str] = field(init=False, repr=False)
@@ -183,10 +194,13 @@ def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
         absent = [(c, p) for c, p in paths if p.name not in present]
         if run.record_mode == "none" and absent:
             conv, path = absent[0]
+            unfinished = partial_path(path)
             raise MissingRecording(
                 f"no recording for conversation {conv.id!r} turn 1 provider {provider.name!r}: "
-                f"{path} does not exist ({len(absent)} of {len(paths)} missing); "
-                f"record it with --record-mode once"
+                f"{path} does not exist ({len(absent)} of {len(paths)} missing"
+                + (f"; {unfinished.name} is an unfinished recording"
+                   if unfinished.name in present else "")
+                + "); record it with --record-mode once"
                 + (f" and {provider.api_key_env} set" if provider.api_key_env else "")
             )
         needs_network = run.record_mode in ("all", "new_episodes") or (
@@ -230,6 +244,8 @@ async def _call(
 ) -> _Exchange:
     """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
 
+    Every attempt is recorded, those that got no HTTP answer too, and a replayed attempt goes
+    through the same steps as a live one, so an offline replay gives the live run's row.
     A replayed exchange never becomes an httpx Request or Response: at scale, building
     them cost more than the rest of the turn.
     """
@@ -240,10 +256,13 @@ async def _call(
         exchange.attempts = attempt
         response: httpx.Response | None = None
         answer: tuple[int, Mapping[str, str], bytes] | None = None
+        failure: str | None = None  # the attempt got no HTTP answer
         hit = cassette.take("POST", match_url, match_body)
         if hit is not None:
-            answer = hit.status, RecordedHeaders(hit), hit.response_body
-            exchange.latency_ms = hit.latency_ms()
+            failure = hit.transport_error()
+            if failure is None:
+                answer = hit.status, RecordedHeaders(hit), hit.response_body
+                exchange.latency_ms = hit.latency_ms()
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends
             if limiter is not None:
@@ -254,8 +273,10 @@ async def _call(
                 response = await client.send(request)
                 await response.aread()
             except httpx.TransportError as exc:
-                exchange.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                exchange.status = exchange.reply = None
+                failure = scrub_text(f"{type(exc).__name__}: {exc}" if str(exc)
+                                     else type(exc).__name__, run.secrets[provider.name])
+                cassette.record_failure(request, type(exc).__name__, failure,
+                                        (time.perf_counter() - started) * 1000)
             else:
                 exchange.latency_ms = round((time.perf_counter() - started) * 1000, 1)
                 cassette.record(request, response, exchange.latency_ms)
@@ -278,6 +299,8 @@ async def _call(
                 exchange.reply, exchange.error = None, str(exc)
             retriable = exchange.status in RETRY_STATUSES or exchange.reply is None
         else:
+            exchange.status = exchange.reply = None
+            exchange.error = failure
             retriable = True
         if not retriable or attempt == run.retry.attempts:
             break
@@ -295,8 +318,9 @@ async def _replay_conversation(
     async def one_provider(provider: Provider) -> None:
         done = run.done.get((conversation.id, provider.name), {})
         cassette = Cassette.open(run.cassette_for(provider, conversation), run.record_mode,
-                                 run.secrets[provider.name], keep=bool(done))
+                                 run.secrets[provider.name], since=run.started)
         own: dict[int, Reply] = {}
+        completed = False
         headers = provider.request_headers(provider.api_key())
         url = run.urls[provider.name]
         try:
@@ -310,7 +334,8 @@ async def _replay_conversation(
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
                        "provider": provider.name, "prompt": turn.prompt,
-                       "reference": turn.reference}
+                       "reference": turn.reference,
+                       "reference_tool_calls": calls_json(turn.reference_tool_calls)}
                 prefix = _prefix(conversation, turns, turn.turn, own, run.history)
                 if isinstance(prefix, int):
                     emit(TurnResult(**row, status="skipped",
@@ -318,7 +343,7 @@ async def _replay_conversation(
                                           f"from the {run.history} history"))
                     continue
                 try:
-                    body = provider.build_body(prefix, run.params)
+                    body = provider.build_body(prefix, run.params, turn.tools)
                 except ValueError as exc:  # a prompt this protocol cannot express
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
@@ -330,10 +355,11 @@ async def _replay_conversation(
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
                 if run.journaling:  # a row in the journal implies its recording is on disk
-                    cassette.save()
+                    cassette.save(finished=False)
                 emit(result)
-        finally:
-            cassette.save()
+            completed = True
+        finally:  # stopped or not, what was recorded is kept; complete, it is the cassette
+            cassette.save(finished=completed)
 
     if len(run.providers) == 1:  # the usual case needs no task per conversation
         await one_provider(run.providers[0])
@@ -370,12 +396,17 @@ async def replay_async(
     progress: bool = True,
     on_row: Callable[[TurnResult], None] | None = None,
     journal: str | Path | None = None,
+    keep_journal: bool = False,
+    started_at: float | None = None,
 ) -> pd.DataFrame:
     """Replay `dataset` against `providers`; returns the results DataFrame.
 
     With `journal`, every row is appended to that JSONL file as it completes; running
     again with the same journal resumes: turns already in it are not sent again. The
-    journal is removed once the run has finished.
+    journal is removed once the run has finished, unless `keep_journal` (the caller
+    removes it once the results are safely written). `started_at` (default: now) is when
+    the run began: record mode `all` replaces what was recorded before it, and keeps what
+    another process records into the same cassettes meanwhile.
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
@@ -384,7 +415,8 @@ async def replay_async(
         raise ValueError(f"a provider is named more than once: {', '.join(names)}")
     check_params(params or {}, "params.")  # NaN is not JSON: never send it
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
-              dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency))
+              dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency),
+              started=time.time() if started_at is None else started_at)
     log = None
     secrets = known_secrets(run.providers)
     if journal is not None:
@@ -395,6 +427,10 @@ async def replay_async(
         }, secrets)
         run.done, run.journaling = log.done(), True
     check_ready(run, dataset.conversations)
+    folders = [cassette_path(run.cassette_dir, dataset.name, p.name, "-").parent
+               for p in run.providers]
+    if record_mode == "all":  # an interrupted re-recording is continued, not begun again
+        run.started = min([begin_rerecording(f, run.started) for f in folders], default=run.started)
     limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
@@ -433,10 +469,14 @@ async def replay_async(
         bar.close()
         if log is not None:
             log.close()
-    frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
+    if record_mode == "all":
+        for folder in folders:
+            end_rerecording(folder)
+    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
+                      {p.name: p for p in run.providers})
     frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
                                               run.params)
-    if log is not None:
+    if log is not None and not keep_journal:
         log.close(remove=True)
     return frame
 
@@ -456,10 +496,10 @@ def providers_for(providers: ProviderSpec | Sequence[ProviderSpec] | None, datas
         providers_file = "harness.toml"
     extra = load_providers_file(providers_file) if providers_file is not None else {}
     if providers is None:
-        folder = Path(cassette_dir) / dataset.name
-        providers = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        providers = recorded_providers(cassette_dir, dataset.name)
         if not providers:
-            raise ProviderConfigError(f"no cassettes for {dataset.name!r} under {folder}/: "
+            raise ProviderConfigError(f"no cassettes for {dataset.name!r} under "
+                                      f"{dataset_folder(cassette_dir, dataset.name)}/: "
                                       "name the providers to replay against")
     if isinstance(providers, str | Provider):
         providers = [providers]

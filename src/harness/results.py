@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from .messages import Reply, Usage
+from .tools import calls_json, from_json, tool_call_match
 
 
 @dataclass
@@ -34,9 +37,11 @@ class TurnResult:
     output_tokens: int | None = None
     total_tokens: int | None = None
     cached_input_tokens: int | None = None
+    cache_write_input_tokens: int | None = None
     reasoning_tokens: int | None = None
     billed_input_tokens: int | None = None
     billed_output_tokens: int | None = None
+    usage_raw: str | None = None  # the provider's own usage object, JSON text
     latency_ms: float | None = None
     status: str = "ok"          # ok | error | skipped
     http_status: int | None = None
@@ -44,13 +49,17 @@ class TurnResult:
     attempts: int = 0
     response_id: str | None = None
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
+    reference_tool_calls: str | None = None  # the dataset's next assistant tool calls, JSON
+    tool_call_match: bool | None = None  # tool_calls == reference_tool_calls (see harness.tools)
+    cost_usd: float | None = None  # filled in by harness.costs
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
         usage = reply.usage
-        tool_calls = (
-            json.dumps([c.model_dump() for c in reply.tool_calls]) if reply.tool_calls else None
-        )
+        tool_calls = calls_json(reply.tool_calls)
+        if row.get("reference_tool_calls"):
+            row["tool_call_match"] = tool_call_match(reply.tool_calls,
+                                                     from_json(row["reference_tool_calls"]))
         return cls(
             **row,
             model=reply.model,
@@ -66,7 +75,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
-TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "usage_raw")
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
     **{c: "Int64" for c in TOKEN_COLUMNS},
@@ -74,11 +83,14 @@ DTYPES: dict[str, str] = {
     "http_status": "Int64",
     "attempts": "Int64",
     "latency_ms": "Float64",
+    "tool_call_match": "boolean",
+    "cost_usd": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
-_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
+_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
+          "boolean": pa.bool_()}
 _PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
-           pa.float64(): pd.Float64Dtype()}
+           pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
@@ -103,8 +115,13 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
     return frame.reset_index(drop=True)
 
 
+# columns added after results files were first written: an older file reads with them NA
+ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match")
+
+
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     """Coerce any frame with the result columns onto the documented dtypes."""
+    frame = frame.assign(**{c: None for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
@@ -130,6 +147,9 @@ def _as_dtype(values: pd.Series, dtype: str):
         cleaned = [None if v is None else int(v) for v in cleaned]
     elif dtype == "Float64":
         cleaned = [None if v is None else float(v) for v in cleaned]
+    elif dtype == "boolean":
+        cleaned = [None if v is None else v if isinstance(v, bool) else str(v).lower() == "true"
+                   for v in cleaned]
     else:
         cleaned = [None if v is None else str(v) for v in cleaned]
     return pd.array(cleaned, dtype=dtype)
@@ -192,8 +212,11 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """Read a results file written by `save` back into the documented dtypes."""
+def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read a results file written by `save` back into the documented dtypes.
+
+    A file written before `cost_usd` existed is priced now (`providers` by name, for the
+    ones that are no preset)."""
     path = Path(path)
     suffix = check_format(path)
     try:
@@ -216,13 +239,34 @@ def load(path: str | Path) -> pd.DataFrame:
             run = json.loads(run_file(path).read_text(encoding="utf-8"))
         except ValueError:
             run = None  # metadata only feeds the view's header: never a reason to fail
+    priced = "cost_usd" in frame.columns
+    if not priced:  # written before harness priced rows
+        frame = frame.assign(cost_usd=None)
+    extra = [c for c in frame.columns if c not in COLUMNS]  # e.g. score columns
     try:
-        frame = normalize(frame)
+        out = normalize(frame)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    frame.attrs = {"run": run} if isinstance(run, dict) else {}
-    frame.attrs["path"] = str(path)
-    return frame
+    if not priced:
+        from .costs import add_costs
+
+        out = add_costs(out, providers)
+    if extra:
+        extras = frame[extra].copy()
+        for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is
+            if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":  # present
+                extras[column] = extras[column].astype("boolean")
+        out = out.join(extras)
+    out.attrs = {"run": run} if isinstance(run, dict) else {}
+    out.attrs["path"] = str(path)
+    return out
+
+
+class JournalWriteError(OSError):
+    """The journal could not be written (a full disk), named in one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class Journal:
@@ -246,11 +290,12 @@ class Journal:
         self._fh = None
 
     def _read(self) -> None:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ValueError(f"{self.path}: not a harness journal (not UTF-8 text); delete the "
-                             "file to start over") from None
+        # only lines ending in a newline are whole; what follows the last one is torn
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")[:-1]
+        if not lines and self._header().startswith(data):  # killed mid-header: nothing to resume
+            self._drop_torn_tail(0)
+            return
         try:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
@@ -263,11 +308,27 @@ class Journal:
                 f"{self.path}: an unfinished run with other settings left this journal; "
                 "run the same command again to resume it, or delete the file to start over"
             )
+        kept = len(lines[0]) + 1  # bytes of the lines read whole
         for line in lines[1:]:
             try:
-                self.rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 break
+            if not isinstance(row, dict):
+                break
+            self.rows.append(row)
+            kept += len(line) + 1
+        self._drop_torn_tail(kept)
+
+    def _header(self) -> bytes:
+        return (json.dumps({"journal": self.fingerprint}) + "\n").encode("utf-8")
+
+    def _drop_torn_tail(self, kept: int) -> None:
+        """Cut what follows the last whole row (a line the process died writing, or one a full
+        disk cut short), so that rows appended on resume start on a line of their own."""
+        with self.path.open("r+b") as fh:
+            if fh.seek(0, 2) > kept:
+                fh.truncate(kept)
 
     def done(self) -> dict[tuple[str, str], dict[int, TurnResult]]:
         """Rows already finished, by (conversation_id, provider) then turn."""
@@ -278,21 +339,22 @@ class Journal:
         return out
 
     def append(self, result: TurnResult) -> None:
-        if self._fh is None:
-            fresh = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-            if fresh:
-                self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
         try:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = self.path.open("a", encoding="utf-8")
+                if self._fh.tell() == 0:
+                    self._fh.write(self._header().decode("utf-8"))
             self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
             self._fh.flush()
-        except OSError as exc:  # a full disk says nothing of which file it was writing
-            raise ValueError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        except OSError as exc:  # a full disk: say which file; the next run drops the torn line
+            raise JournalWriteError(exc.errno, f"{self.path}: cannot write the journal: "
+                                               f"{exc.strerror or exc}") from None
 
     def close(self, *, remove: bool = False) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):  # a write that failed already said so
+                fh.close()
         if remove:
             self.path.unlink(missing_ok=True)

@@ -2,9 +2,14 @@
 
 It is not a model: its replies are built from the request (turn count, the last user message,
 the first one), so that tests and the shipped demo cassettes exercise history, `max_tokens`
-cut-offs, usage and errors over real HTTP. With `fault_rate` it also misbehaves on a seeded
+cut-offs, usage and errors over real HTTP. A request that offers tools and ends in a user
+message gets a tool call instead, in that protocol's shape: of the first offered tool whose
+name the last user message holds, else of the first tool, with each required parameter set
+to a placeholder of its type ("stub", 1, true, [], {}); after a tool result it answers text.
+Gemini is served at `/v1beta/models/{model}:generateContent` and, as SSE,
+`:streamGenerateContent?alt=sse`. With `fault_rate` it also misbehaves on a seeded
 share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
-timeout, invalid JSON), the way real APIs do.
+timeout, a body cut short, invalid JSON), the way real APIs do.
 
     python -m harness serve-stub --port 8099
 """
@@ -16,14 +21,19 @@ import binascii
 import contextlib
 import json
 import random
+import re
 import signal
+import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "drop", "stall", "bad_json")
+from harness.messages import Tool, ToolCall
+from harness.providers import protocol_module
+
+FAULTS = ("429", "500", "drop", "stall", "truncated", "bad_json")
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
@@ -56,52 +66,126 @@ def compose_reply(model: str, user_messages: list[str], all_text: str, max_token
     return " ".join(words), cut, len(_words(all_text)), len(words)
 
 
-def _openai(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+def _openai(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+            call: ToolCall | None = None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if call:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}]}
     return {
         "id": f"chatcmpl-{uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))}",
         "object": "chat.completion",
         "created": 1767225600,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "length" if cut else "stop"}],
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": "tool_calls" if call else "length" if cut else "stop"}],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
     }
 
 
-def _cohere_v2(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+def _cohere_v2(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+               call: ToolCall | None = None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": [{"type": "text", "text": text}]}
+    if call:
+        message = {"role": "assistant", "tool_plan": f"I will call {call.name}.", "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}]}
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
-        "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
-        "finish_reason": "MAX_TOKENS" if cut else "COMPLETE",
+        "message": message,
+        "finish_reason": "TOOL_CALL" if call else "MAX_TOKENS" if cut else "COMPLETE",
         "usage": {"billed_units": {"input_tokens": n_in, "output_tokens": n_out},
                   "tokens": {"input_tokens": n_in + 7, "output_tokens": n_out}},
     }
 
 
-def _cohere_v1(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
-    return {
+def _cohere_v1(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+               call: ToolCall | None = None) -> dict:
+    out: dict[str, Any] = {
         "response_id": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
-        "text": text,
+        "text": "" if call else text,
         "generation_id": str(uuid.uuid5(uuid.NAMESPACE_URL, text)),
-        "finish_reason": "MAX_TOKENS" if cut else "COMPLETE",
+        "finish_reason": "MAX_TOKENS" if cut and not call else "COMPLETE",
         "meta": {"api_version": {"version": "1"},
                  "billed_units": {"input_tokens": n_in, "output_tokens": n_out},
                  "tokens": {"input_tokens": n_in + 7, "output_tokens": n_out}},
     }
+    if call:
+        out["tool_calls"] = [{"name": call.name, "parameters": json.loads(call.arguments)}]
+    return out
 
 
-def _anthropic(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+def _anthropic(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+               call: ToolCall | None = None) -> dict:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if call:
+        content = [{"type": "tool_use", "id": call.id, "name": call.name,
+                    "input": json.loads(call.arguments)}]
     return {
         "id": f"msg_{uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True)).hex}",
         "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
+        "content": content,
+        "stop_reason": "tool_use" if call else "max_tokens" if cut else "end_turn",
+        "stop_sequence": None,
         "usage": {"input_tokens": n_in, "output_tokens": n_out},
     }
 
 
+def _gemini(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+            call: ToolCall | None = None) -> dict:
+    parts: list[dict[str, Any]] = [{"text": text}]
+    if call:
+        parts = [{"functionCall": {"id": call.id, "name": call.name,
+                                   "args": json.loads(call.arguments)}}]
+    return {
+        "candidates": [{"content": {"role": "model", "parts": parts},
+                        "finishReason": "MAX_TOKENS" if cut and not call else "STOP",
+                        "index": 0}],
+        "usageMetadata": {"promptTokenCount": n_in, "candidatesTokenCount": n_out,
+                          "totalTokenCount": n_in + n_out},
+        "modelVersion": model,
+        "responseId": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
+    }
+
+
+def _gemini_stream(payload: dict) -> bytes:
+    """A generateContent reply as two SSE chunks: the parts first, then finish and usage."""
+    candidate = payload["candidates"][0]
+    first = {"candidates": [{"content": candidate["content"], "index": 0}],
+             "modelVersion": payload["modelVersion"], "responseId": payload["responseId"]}
+    last = {"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
+                            "finishReason": candidate["finishReason"], "index": 0}],
+            "usageMetadata": payload["usageMetadata"], "modelVersion": payload["modelVersion"],
+            "responseId": payload["responseId"]}
+    return b"".join(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\r\n\r\n"
+                    for c in (first, last))
+
+
+PLACEHOLDERS = {"string": "stub", "integer": 1, "number": 1, "boolean": True, "array": [],
+                "object": {}}
+
+
+def tool_call_for(tools: tuple[Tool, ...], last_user: str, turn: int) -> ToolCall:
+    """The stub's deterministic call: the first tool named in the last user text, else the
+    first tool; required parameters get a placeholder of their type."""
+    tool = next((t for t in tools if t.name in last_user), tools[0])
+    props = tool.parameters.get("properties") or {}
+    args = {name: PLACEHOLDERS.get((props.get(name) or {}).get("type"), "stub")
+            for name in tool.parameters.get("required") or ()}
+    return ToolCall(id=f"call_stub_{turn}", name=tool.name, arguments=json.dumps(args))
+
+
 def _user_texts(path: str, body: dict) -> tuple[list[str], str]:
     """The user messages of a request and all of its text, per protocol."""
+    if _GEMINI.match(path.split("?")[0]):
+        contents = body.get("contents") or []
+        texts = [[p.get("text", "") for p in c.get("parts") or [] if "text" in p]
+                 for c in contents]
+        users = [" ".join(t) for c, t in zip(contents, texts, strict=True)
+                 if c.get("role", "user") == "user" and t]
+        system = [p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or []]
+        return users, " ".join([*system, *(" ".join(t) for t in texts)])
     if path.endswith("/chat") and "message" in body:  # Cohere v1
         history = body.get("chat_history") or []
         users = [h.get("message", "") for h in history if str(h.get("role")).upper() == "USER"]
@@ -121,7 +205,37 @@ ROUTES = {
     "/v2/chat": _cohere_v2,
     "/v1/chat": _cohere_v1,
     "/v1/messages": _anthropic,
+    "/v1beta/models/{model}:generateContent": _gemini,
 }
+PROTOCOLS = {_openai: "openai", _cohere_v2: "cohere-v2", _cohere_v1: "cohere-v1",
+             _anthropic: "anthropic", _gemini: "gemini"}
+_GEMINI = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)$")
+
+
+def _route(path: str):
+    """The reply builder for a request path (Gemini's names the model), or None."""
+    path = path.split("?")[0]
+    return _gemini if _GEMINI.match(path) else ROUTES.get(path)
+
+
+def _tool_call(protocol: str, body: dict, users: list[str]) -> ToolCall | None:
+    """The stub's tool call when the request offers tools and ends in a user message."""
+    adapter = protocol_module(protocol)
+    try:
+        tools, messages = adapter.parse_tools(body), adapter.parse_request(body)
+    except ValueError:
+        return None
+    if not tools or not messages or messages[-1].role != "user":
+        return None
+    return tool_call_for(tools, users[-1] if users else "", len(users))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
 
 
 class StubServer:
@@ -140,8 +254,7 @@ class StubServer:
         self.requests: list[dict] = []
         self.seen: list[dict] = []  # every POST as it arrived, refused ones too
         self.faults: dict[str, int] = {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -178,10 +291,11 @@ class StubServer:
                 pass
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None):
+                headers = dict(headers or {})
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", headers.pop("content-type", "application/json"))
                 self.send_header("content-length", str(len(payload)))
-                for name, value in (headers or {}).items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
@@ -211,7 +325,7 @@ class StubServer:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                route = ROUTES.get(self.path.split("?")[0])
+                route = _route(self.path)
                 if route is None:
                     return self._error(404, f"no route {self.path}")
                 with server.lock:
@@ -247,20 +361,33 @@ class StubServer:
                 if fault == "stall":
                     time.sleep(server.stall_seconds)
                     return None
+                if fault == "truncated":  # announces more than it sends, then hangs up
+                    self.send_response(200)
+                    self.send_header("content-length", "4096")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [{"message": ')
+                    self.close_connection = True
+                    return None
                 if fault == "bad_json":
                     return self._send(200, b'{"choices": [{"message": ')
-                model = str(body.get("model") or "stub")
+                gemini = _GEMINI.match(self.path.split("?")[0])
+                model = gemini.group(1) if gemini else str(body.get("model") or "stub")
                 users, everything = _user_texts(self.path, body)
-                if not users or not users[-1]:
+                call = _tool_call(PROTOCOLS[route], body, users)
+                if call is None and (not users or not users[-1]):
                     return self._error(400, "the last message must be a non-empty user message")
-                max_tokens = body.get("max_tokens")
+                max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens") \
+                    if gemini else body.get("max_tokens")
                 text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
                 if echoed:
                     text += f" (you sent {echoed})"
-                payload = route(body, model, text, cut, n_in, n_out)
+                payload = route(body, model, text, cut, n_in, n_out, call)
                 # some APIs echo credentials back; the stub does too, to test the scrubber
                 if server.api_key:
                     echo["x-echo-key"] = server.api_key
+                if gemini and gemini.group(2) == "streamGenerateContent":
+                    return self._send(200, _gemini_stream(payload),
+                                      {**echo, "content-type": "text/event-stream"})
                 return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), echo)
 
         return Handler

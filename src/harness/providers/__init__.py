@@ -1,11 +1,15 @@
 """Providers: a named target = wire protocol + base URL + model + API key + default params.
 
-Each wire protocol is one module here with two pure functions::
+Each wire protocol is one module here owning all of that protocol's JSON, as pure functions::
 
-    build_request(messages, params) -> dict          # the JSON body to POST
-    parse_response(status, headers, body) -> Reply   # body is the raw (decoded) bytes
+    build_request(messages, params, tools=()) -> dict  # the JSON body to POST
+    parse_request(body) -> list[Message]               # its inverse (what `import` reads)
+    parse_tools(body) -> tuple[Tool, ...]              # the tools a request body offers
+    parse_response(status, headers, body) -> Reply     # body is the raw (decoded) bytes
 
-and a `PATH` appended to the provider's base URL. Nothing else knows a provider's JSON.
+and a `PATH` appended to the provider's base URL (`{model}` in it is the provider's model;
+a `STREAM_PATH` is used instead when the params ask for `stream`). Nothing else knows a
+provider's JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ PROTOCOLS = {
     "cohere-v1": "cohere_v1",
     "cohere-v2": "cohere_v2",
     "anthropic": "anthropic",
+    "gemini": "gemini",
 }
 
 
@@ -144,6 +149,7 @@ class Provider(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     rate_limit: float | None = Field(default=None, description="requests per minute")
     description: str = ""
+    prices: dict[str, float] | None = Field(default=None, description="$ per million tokens")
 
     @field_validator("protocol")
     @classmethod
@@ -185,13 +191,33 @@ class Provider(BaseModel):
             raise ValueError(f"expected requests per minute > 0, got {value!r}")
         return value
 
+    @field_validator("prices")
+    @classmethod
+    def _known_prices(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        fields = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            raise ValueError(f"unknown price {unknown[0]!r} (expected: {', '.join(fields)})")
+        missing = [k for k in fields[:2] if k not in value]
+        if missing:
+            raise ValueError(f"{missing[0]} is required")
+        negative = [k for k, v in value.items() if v < 0]
+        if negative:
+            raise ValueError(f"{negative[0]} must be 0 or more, got {value[negative[0]]}")
+        return value
+
     @property
     def adapter(self) -> ModuleType:
         return protocol_module(self.protocol)
 
     @property
     def url(self) -> str:
-        return join_url(self.base_url, self.adapter.PATH)
+        path = self.adapter.PATH
+        if self.params.get("stream") and hasattr(self.adapter, "STREAM_PATH"):
+            path = self.adapter.STREAM_PATH
+        return join_url(self.base_url, path.format(model=self.model))
 
     @property
     def display_url(self) -> str:
@@ -224,9 +250,10 @@ class Provider(BaseModel):
             headers[self.auth_header] = scheme + api_key
         return headers
 
-    def build_body(self, messages: list, params: Mapping[str, Any] | None = None) -> dict:
+    def build_body(self, messages: list, params: Mapping[str, Any] | None = None,
+                   tools: tuple = ()) -> dict:
         merged = {**self.params, **(params or {}), "model": self.model}
-        return self.adapter.build_request(messages, merged)
+        return self.adapter.build_request(messages, merged, tools)
 
 
 def _openai_compatible(name: str, base_url: str, model: str, key: str | None, **kw) -> Provider:
@@ -279,6 +306,12 @@ PRESETS: dict[str, Provider] = {
             model="claude-haiku-4-5", api_key_env="ANTHROPIC_API_KEY",
             auth_header="x-api-key", auth_scheme="", headers={"anthropic-version": "2023-06-01"},
             params={"max_tokens": 1024}, description="Anthropic Messages",
+        ),
+        Provider(
+            name="gemini", protocol="gemini",
+            base_url="https://generativelanguage.googleapis.com/v1beta", model="gemini-2.5-flash",
+            api_key_env="GEMINI_API_KEY", auth_header="x-goog-api-key", auth_scheme="",
+            description="Google Gemini generateContent",
         ),
         _openai_compatible(
             "local", os.environ.get("HARNESS_LOCAL_URL", "http://127.0.0.1:8080/v1"), "local",
