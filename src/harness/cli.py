@@ -470,9 +470,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from .view import write_view
 
-    out = args.out
-    inputs = [*args.results, *([args.baseline] if args.baseline else [])]
-    check_output(out, inputs, force=args.force, flag="--html" if args.command == "report" else "--out")
+    out = check_output(args.out, [*args.results, args.baseline], force=args.force,
+                       flag=args.out_flag)
     runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
     title = args.title or "harness view"
@@ -742,15 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the page (default: view.html)")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=cmd_view, out_flag="--out")
 
     p = sub.add_parser("report", help="the `view` page of one results file (kept for old scripts)")
     p.add_argument("results", nargs=1)
     p.add_argument("--html", dest="out", required=True, metavar="FILE", help="where to write the page")
     p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--force", action="store_true", help="replace --html if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=cmd_view, out_flag="--html")
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)
