@@ -22,10 +22,11 @@ def shared_fixture(*parts: str) -> Path:
     return path
 
 
-def stub_providers(base_url: str, api_key_env: str | None = None) -> list[Provider]:
-    """One provider per wire protocol, all pointing at a stub server."""
+def stub_providers(base_url: str, api_key_env: str | None = None, *,
+                   gemini: bool = False) -> list[Provider]:
+    """One provider per wire protocol, all pointing at a stub server (Gemini when asked)."""
     common = {"api_key_env": api_key_env, "params": {"max_tokens": 40}}
-    return [
+    providers = [
         Provider(name="stub-openai", protocol="openai", base_url=f"{base_url}/v1",
                  model="stub-gpt", **common),
         Provider(name="stub-cohere-v1", protocol="cohere-v1", base_url=f"{base_url}/v1",
@@ -36,6 +37,11 @@ def stub_providers(base_url: str, api_key_env: str | None = None) -> list[Provid
                  model="stub-claude", auth_header="x-api-key", auth_scheme="",
                  headers={"anthropic-version": "2023-06-01"}, **common),
     ]
+    if gemini:
+        providers.append(Provider(
+            name="stub-gemini", protocol="gemini", base_url=f"{base_url}/v1beta",
+            model="stub-gemini", auth_header="x-goog-api-key", auth_scheme="", **common))
+    return providers
 
 
 SMALL_RECORDS = [

@@ -18,14 +18,16 @@ from harness.messages import (
     ToolMessage,
     UserMessage,
 )
-from harness.providers import anthropic, cohere_v1, cohere_v2, openai
+from harness.providers import anthropic, cohere_v1, cohere_v2, gemini, openai
 
 CASSETTES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cassettes"
 ADAPTERS: dict[str, ModuleType] = {
     "openai": openai, "together": openai, "groq": openai, "mistral": openai,
     "openrouter": openai, "cohere_v1": cohere_v1, "cohere_v2": cohere_v2, "anthropic": anthropic,
+    "gemini": gemini,
 }
-ALL = (openai, cohere_v1, cohere_v2, anthropic)
+ALL = (openai, cohere_v1, cohere_v2, anthropic, gemini)
+BODY_MODEL = ALL[:4]  # Gemini names the model in the URL and puts params in generationConfig
 
 
 def interaction(name: str, index: int = 0) -> Interaction:
@@ -41,12 +43,18 @@ def parse(name: str, index: int = 0):
 
 
 def usage(i: int | None = None, o: int | None = None, t: int | None = None, *,
-          cached: int | None = None, reasoning: int | None = None,
+          cached: int | None = None, write: int | None = None, reasoning: int | None = None,
           billed: tuple[int, int] | None = None) -> dict[str, int | None]:
     return {"input_tokens": i, "output_tokens": o, "total_tokens": t,
-            "cached_input_tokens": cached, "reasoning_tokens": reasoning,
+            "cached_input_tokens": cached, "cache_write_input_tokens": write,
+            "reasoning_tokens": reasoning,
             "billed_input_tokens": billed[0] if billed else None,
             "billed_output_tokens": billed[1] if billed else None}
+
+
+def counts(reply) -> dict[str, int | None]:
+    """A reply's token columns (all but `usage_raw`)."""
+    return {k: v for k, v in vars(reply.usage).items() if k != "usage_raw"}
 
 
 # --- every recorded response, read by hand -------------------------------------------------------
@@ -125,15 +133,15 @@ OK = [  # (cassette, interaction, text start, finish, raw finish, usage)
      "I will first inspect the tables in the database.", "error", "ERROR", usage()),
     ("anthropic/mirascope-anthropic_max_tokens.yaml", 0,
      "Here are all 50 U.S. states in alphabetical order:\n\n1. Alabama", "length", "max_tokens",
-     usage(15, 50, 65, cached=0)),
+     usage(15, 50, 65, cached=0, write=0)),
     ("anthropic/mirascope-anthropic_max_tokens_stream.yaml", 0,
      "Here are all 50 U.S. states in alphabetical order:\n\n1. Alabama", "length", "max_tokens",
-     usage(15, 50, 65, cached=0)),
+     usage(15, 50, 65, cached=0, write=0)),
     ("anthropic/pai-anthropic_parallel_tool_calls_parsed_body.yaml", 0,
      "I'll help you find out who is the youngest", "tool_calls", "tool_use",
-     usage(423, 202, 625, cached=0)),
+     usage(423, 202, 625, cached=0, write=0)),
     ("anthropic/pai-anthropic_parallel_tool_calls_parsed_body.yaml", 1,
-     "Based on the retrieved information", "stop", "end_turn", usage(771, 77, 848, cached=0)),
+     "Based on the retrieved information", "stop", "end_turn", usage(771, 77, 848, cached=0, write=0)),
 ]
 
 ERRORS = [  # (cassette, interaction, status, error message start)
@@ -158,7 +166,12 @@ def test_recorded_response(name, index, text, finish, raw, tokens):
     reply = parse(name, index)
     assert reply.text.startswith(text)
     assert (reply.finish_reason, reply.raw_finish_reason) == (finish, raw)
-    assert vars(reply.usage) == tokens
+    raw = reply.usage.usage_raw
+    assert counts(reply) == tokens
+    # the provider's own usage object is kept for audit whenever it sent one
+    assert (raw is None) == (tokens == usage()), raw
+    if raw is not None:
+        assert isinstance(json.loads(raw), dict)
     assert (reply.error is not None) == (finish == "error")
 
 
@@ -170,7 +183,7 @@ def test_recorded_error(name, index, status, message):
     assert reply.finish_reason == "error"
     assert reply.error.startswith(message)
     assert "\n" not in reply.error
-    assert reply.text == "" and vars(reply.usage) == usage()
+    assert reply.text == "" and counts(reply) == usage()
 
 
 def test_every_recorded_response_parses():
@@ -416,7 +429,7 @@ def test_openai_messages_and_tool_calls():
     ]}
 
 
-@pytest.mark.parametrize("adapter", ALL, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("adapter", BODY_MODEL, ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_params_pass_through_and_none_is_dropped(adapter):
     params = {"model": "m", "max_tokens": 64, "temperature": 0.0, "top_p": None, "seed": None,
               "stop": None, "cache_prompt": False, "top_k": 5}
@@ -427,7 +440,7 @@ def test_params_pass_through_and_none_is_dropped(adapter):
     assert None not in body.values()
 
 
-@pytest.mark.parametrize("adapter", ALL, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("adapter", BODY_MODEL, ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_stop_and_seed(adapter):
     body = adapter.build_request([UserMessage(content="hi")],
                                  {"model": "m", "stop": ["END"], "seed": 7})
@@ -562,7 +575,7 @@ def _sse(*events: Any, done: bool = False) -> bytes:
 def test_unknown_finish_reason_is_other_and_missing_usage_is_none(adapter, body):
     reply = adapter.parse_response(200, {}, _j(body))
     assert (reply.text, reply.finish_reason, reply.raw_finish_reason) == ("x", "other", "mystery")
-    assert vars(reply.usage) == usage()  # nothing reported, nothing invented
+    assert counts(reply) == usage()  # nothing reported, nothing invented
 
 
 @pytest.mark.parametrize(("raw", "finish"), [
@@ -601,8 +614,8 @@ def test_cohere_v1_tool_calls_with_complete_are_tool_calls_and_float_tokens_are_
     reply = cohere_v1.parse_response(200, {}, _j(body))
     assert (reply.finish_reason, reply.raw_finish_reason) == ("tool_calls", "COMPLETE")
     assert reply.tool_calls == [ToolCall(name="lookup", arguments='{"q": "x"}')]
-    assert vars(reply.usage) == usage(5, 7, 12, billed=(3, 7))
-    assert all(type(v) is int for v in vars(reply.usage).values() if v is not None)
+    assert counts(reply) == usage(5, 7, 12, billed=(3, 7))
+    assert all(type(v) is int for v in counts(reply).values() if v is not None)
 
 
 def test_cohere_v1_ndjson_stream_reads_stream_end():
@@ -617,7 +630,7 @@ def test_cohere_v1_ndjson_stream_reads_stream_end():
     body = "\n\n".join(json.dumps(line) for line in lines).encode() + b"\n"
     reply = cohere_v1.parse_response(200, {"content-type": "application/stream+json"}, body)
     assert (reply.text, reply.finish_reason, reply.response_id) == ("Argh, hello.", "stop", "r1")
-    assert vars(reply.usage) == usage(49, 4, 53, billed=(31, 4))
+    assert counts(reply) == usage(49, 4, 53, billed=(31, 4))
     cut = b"\n".join(json.dumps(line).encode() for line in lines[:3])
     reply = cohere_v1.parse_response(200, {}, cut)
     assert (reply.text, reply.finish_reason, reply.raw_finish_reason) == ("Argh, hello.", "other",
@@ -638,7 +651,7 @@ def test_openai_stream_accumulates_tool_call_deltas():
     reply = openai.parse_response(200, {}, body)
     assert reply.tool_calls == [ToolCall(id="call_1", name="lookup", arguments='{"q": "x"}')]
     assert (reply.finish_reason, reply.response_id, reply.model) == ("tool_calls", "c1", "m")
-    assert vars(reply.usage) == usage(3, 4, 7)
+    assert counts(reply) == usage(3, 4, 7)
 
 
 def test_openai_200_with_an_error_object_or_stream_error_is_an_error_reply():
@@ -659,7 +672,9 @@ def test_openai_content_parts_and_top_level_cached_tokens():
                       "cached_tokens": 4}}
     reply = openai.parse_response(200, {}, _j(body))
     assert reply.text == "Hi"
-    assert vars(reply.usage) == usage(10, 2, 13, cached=4)  # the provider's total wins
+    # a provider total that is not input + output is not kept: total means input + output
+    assert counts(reply) == usage(10, 2, 12, cached=4)
+    assert json.loads(reply.usage.usage_raw)["total_tokens"] == 13  # but stays auditable
 
 
 def test_anthropic_stream_with_tool_use_and_error_event():
@@ -683,7 +698,7 @@ def test_anthropic_stream_with_tool_use_and_error_event():
     reply = anthropic.parse_response(200, {}, body)
     assert (reply.text, reply.finish_reason, reply.response_id) == ("On it.", "tool_calls", "msg_1")
     assert reply.tool_calls == [ToolCall(id="toolu_1", name="lookup", arguments='{"q": "x"}')]
-    assert vars(reply.usage) == usage(9, 12, 21)
+    assert counts(reply) == usage(9, 12, 21)
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     reply = anthropic.parse_response(200, {}, body.split(b"event: message_delta")[0]
                                      + f"event: error\ndata: {json.dumps(error)}\n\n".encode())
@@ -708,7 +723,7 @@ def test_cohere_v2_stream_with_tool_calls():
     assert (reply.text, reply.finish_reason, reply.response_id) == ("I will look.", "tool_calls",
                                                                     "r1")
     assert reply.tool_calls == [ToolCall(id="t1", name="lookup", arguments='{"q":"x"}')]
-    assert vars(reply.usage) == usage(5, 6, 11, cached=2)
+    assert counts(reply) == usage(5, 6, 11, cached=2)
 
 
 def test_cohere_v2_thinking_is_not_text():
@@ -748,3 +763,150 @@ def test_error_status_never_raises(adapter, status, body, error):
 def test_error_from_a_long_non_json_body_is_cut_to_200_characters():
     reply = openai.parse_response(500, {}, b"x" * 1000)
     assert reply.error == "HTTP 500: " + "x" * 200
+
+
+# --- one meaning of usage --------------------------------------------------------------------------
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+
+def test_assemblyai_documented_response_parses_fully():
+    """The response documented in seed 004 (AssemblyAI's LLM Gateway), byte for byte."""
+    seed = SEEDS / "004_d03898672f7f0c79.txt"
+    if not seed.exists():
+        pytest.skip(f"{seed} is not here")
+    line = next(x for x in seed.read_text(encoding="utf-8").splitlines()
+                if x.lstrip().startswith('{ "request_id"'))
+    reply = openai.parse_response(200, {}, line.encode())
+    assert counts(reply) == usage(45, 35, 80)
+    assert (reply.response_id, reply.model) == ("abc123", "claude-sonnet-4-6")
+    assert reply.text.startswith("As of the latest estimates, the population of Paris")
+    assert reply.finish_reason == "stop"
+    assert json.loads(reply.usage.usage_raw) == {"input_tokens": 45, "output_tokens": 35,
+                                                 "total_tokens": 80}
+
+
+def test_anthropic_input_counts_cache_reads_and_writes():
+    """A cached turn: Anthropic's own input_tokens is only the uncached 3 of 5198."""
+    body = {"id": "msg_1", "type": "message", "model": "claude", "stop_reason": "end_turn",
+            "content": [{"type": "text", "text": "ok"}],
+            "usage": {"input_tokens": 3, "cache_read_input_tokens": 4597,
+                      "cache_creation_input_tokens": 598, "output_tokens": 20}}
+    reply = anthropic.parse_response(200, {}, _j(body))
+    assert counts(reply) == usage(5198, 20, 5218, cached=4597, write=598)
+    assert reply.usage.cached_input_tokens <= reply.usage.input_tokens
+    stream = _sse(
+        {"type": "message_start", "message": {"id": "m", "model": "claude", "usage": {
+            "input_tokens": 3, "cache_read_input_tokens": 4597,
+            "cache_creation_input_tokens": 598, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 20}})
+    assert counts(anthropic.parse_response(200, {}, stream)) == counts(reply)
+
+
+def test_openai_compatible_cache_writes_and_reasoning():
+    # OpenRouter reports cache writes in prompt_tokens_details; prompt_tokens already counts them
+    body = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1200, "completion_tokens": 90, "total_tokens": 1290,
+                      "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 150},
+                      "completion_tokens_details": {"reasoning_tokens": 64}}}
+    assert counts(openai.parse_response(200, {}, _j(body))) == usage(
+        1200, 90, 1290, cached=1000, write=150, reasoning=64)
+    # LiteLLM-style gateways in front of Anthropic: cache_creation_input_tokens at the top
+    body["usage"] = {"prompt_tokens": 700, "completion_tokens": 5, "total_tokens": 705,
+                     "cache_creation_input_tokens": 600, "cache_read_input_tokens": 0}
+    assert counts(openai.parse_response(200, {}, _j(body))) == usage(700, 5, 705, write=600)
+
+
+def test_gemini_output_counts_thoughts_and_input_counts_tool_prompts():
+    body = {"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "thinking...", "thought": True}, {"text": "Answer."}]},
+                "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 120, "cachedContentTokenCount": 100,
+                              "toolUsePromptTokenCount": 7, "candidatesTokenCount": 3,
+                              "thoughtsTokenCount": 40, "totalTokenCount": 170},
+            "modelVersion": "gemini-2.5-flash", "responseId": "r1"}
+    reply = gemini.parse_response(200, {}, _j(body))
+    assert reply.text == "Answer."  # thought parts are not the reply
+    assert counts(reply) == usage(127, 43, 170, cached=100, reasoning=40)
+    assert (reply.response_id, reply.model, reply.finish_reason) == ("r1", "gemini-2.5-flash",
+                                                                     "stop")
+
+
+def test_gemini_json_array_stream_tool_calls_and_error_body():
+    chunks = [{"candidates": [{"content": {"role": "model", "parts": [
+                  {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]}}]},
+              {"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
+                               "finishReason": "STOP"}],
+               "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
+                                 "totalTokenCount": 15}}]
+    reply = gemini.parse_response(200, {}, _j(chunks))
+    assert reply.finish_reason == "tool_calls"
+    assert [(c.name, json.loads(c.arguments)) for c in reply.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
+    assert counts(reply) == usage(10, 5, 15)
+    blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}}
+    assert gemini.parse_response(200, {}, _j(blocked)).finish_reason == "content_filter"
+    error = {"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT"}}
+    assert gemini.parse_response(400, {}, _j(error)).error == "HTTP 400: API key not valid."
+
+
+def test_gemini_build_request_shapes():
+    messages = [SystemMessage(content="Be brief."), UserMessage(content="Weather?"),
+                AssistantMessage(content="Checking.", tool_calls=(
+                    ToolCall(id="c1", name="weather", arguments='{"city": "Paris"}'),)),
+                ToolMessage(content='{"temp": 21}', tool_call_id="c1"),
+                ToolMessage(content="sunny", tool_call_id="c1"),
+                UserMessage(content="Thanks")]
+    body = gemini.build_request(messages, {"model": "g", "max_tokens": 5, "temperature": 0,
+                                           "top_p": 0.9, "stop": "\n", "seed": 42})
+    assert body == {
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": "Weather?"}]},
+            {"role": "model", "parts": [{"text": "Checking."}, {"functionCall": {
+                "id": "c1", "name": "weather", "args": {"city": "Paris"}}}]},
+            {"role": "user", "parts": [
+                {"functionResponse": {"name": "weather", "response": {"temp": 21}, "id": "c1"}},
+                {"functionResponse": {"name": "weather", "response": {"content": "sunny"},
+                                      "id": "c1"}}]},
+            {"role": "user", "parts": [{"text": "Thanks"}]}],
+        "generationConfig": {"maxOutputTokens": 5, "temperature": 0, "topP": 0.9,
+                             "stopSequences": ["\n"], "seed": 42},
+    }
+    assert gemini.parse_request(body) == [
+        *messages[:3], ToolMessage(content='{"temp": 21}', tool_call_id="c1", name="weather"),
+        ToolMessage(content="sunny", tool_call_id="c1", name="weather"), messages[5]]
+
+
+# --- SSE lines end in CRLF, CR or LF only -------------------------------------------------------
+
+TRICKY = "line\u2028separator\u2029paragraph\x85next\x1cfile\x1drecord\x1eunit end"
+
+
+@pytest.mark.parametrize(("adapter", "body"), [
+    (openai, {"choices": [{"index": 0, "delta": {"content": TRICKY}, "finish_reason": "stop"}]}),
+    (cohere_v2, {"type": "content-delta", "delta": {"message": {"content": {"text": TRICKY}}}}),
+    (gemini, {"candidates": [{"content": {"parts": [{"text": TRICKY}]}, "finishReason": "STOP"}]}),
+], ids=["openai", "cohere_v2", "gemini"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_sse_text_with_unicode_line_separators_parses_to_that_exact_text(adapter, body, newline):
+    # U+2028/U+2029/U+0085 are legal unescaped inside JSON strings; splitlines() split on them
+    data = json.dumps(body, ensure_ascii=False)
+    assert "\u2028" in data
+    stream = f"data: {data}{newline}{newline}".encode()
+    assert adapter.parse_response(200, {}, stream).text == TRICKY
+
+
+def test_anthropic_sse_with_unicode_line_separators():
+    events = [
+        {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TRICKY}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}},
+    ]
+    stream = "".join(f"event: {e['type']}\r\ndata: {json.dumps(e, ensure_ascii=False)}\r\n\r\n"
+                     for e in events).encode()
+    reply = anthropic.parse_response(200, {}, stream)
+    assert (reply.text, reply.finish_reason) == (TRICKY, "stop")

@@ -16,10 +16,10 @@ import pytest
 
 from harness import results
 from harness.cassettes import CassetteError, read_cassette
+from harness.cli import add_foreign_commands
 from harness.datasets import conversation_turns, load_dataset
 from harness.foreign import (
     COLUMNS,
-    add_commands,
     detect,
     import_cassettes,
     inspect_cassettes,
@@ -103,7 +103,8 @@ EXPECTED: dict[str, tuple[str, str, str | None, bool, list[tuple]]] = {
         "cohere-v2", "cohere-v2", "command-r-plus", False, [
         (200, "stop", "STOP_SEQUENCE", 91, 11, 102, NA, "The capital of France is a city known as", NA)]),
     "gemini/mirascope-gemini_max_tokens.yaml": ("gemini", "gemini", "gemini-2.5-flash", False, [
-        (200, "length", "MAX_TOKENS", 9, 10, 57, NA, "Here is a list of all 50 U", NA)]),
+        # output = 10 candidates + 38 thoughts (thinking counts as output); 9 + 48 = 57
+        (200, "length", "MAX_TOKENS", 9, 48, 57, NA, "Here is a list of all 50 U", NA)]),
     "groq/pai-groq_tool_use_failed_400_parsed_body.yaml": ("groq", "openai", "openai/gpt-oss-120b", False, [
         (400, "error", NA, NA, NA, NA, NA, "", "HTTP 400: tool_use_failed: Tool call validation failed"),
         (200, "tool_calls", "tool_calls", 301, 52, 353, NA, "", NA),
@@ -393,7 +394,7 @@ def test_parse_request_content_parts_and_shapes():
     assert cohere_v2[2] == ToolMessage(content='{"output": "5"}', tool_call_id="x")
     with pytest.raises(ValueError, match="no 'messages' list"):
         parse_request("openai", {"prompt": "hi"})
-    with pytest.raises(ValueError, match="unsupported protocol"):
+    with pytest.raises(ValueError, match="unknown protocol"):
         parse_request("ollama", {})
 
 
@@ -406,7 +407,7 @@ def imported(tmp_path: Path, *paths: Path | str, baseline: str = "baseline.parqu
     again = load_dataset(dataset_out)
     assert [c.model_dump() for c in again] == [c.model_dump() for c in dataset]
     for line in dataset_out.read_text(encoding="utf-8").splitlines():
-        assert set(json.loads(line)) == {"id", "messages", "metadata"}
+        assert set(json.loads(line)) <= {"id", "messages", "metadata", "tools"}
     saved = results.load(baseline_out)
     assert list(saved.columns) == list(results.COLUMNS)
     pd.testing.assert_frame_equal(saved, frame)
@@ -429,7 +430,9 @@ def test_import_openai_tool_calls_multi_turn(tmp_path):
         assert meta["source"].endswith("mirascope-openai_tool_calls_multi_turn.yaml")
         assert (meta["interactions"], meta["provider"], meta["model"]) == (
             [first, second], "openai", "gpt-4o")
-        assert meta["tools"] == ["secret_retrieval_tool"]
+        assert "tools" not in meta  # the full schemas are the record's own `tools`
+        (tool,) = conv.tools
+        assert tool.name == "secret_retrieval_tool" and tool.parameters["type"] == "object"
         (step,) = meta["tool_steps"]  # the answer after the tool results: no user turn of its own
         assert (step["interaction"], step["turn"], step["after"], step["finish_reason"],
                 step["input_tokens"]) == (second, 1, "tool", "stop", 149)
@@ -596,7 +599,7 @@ def test_import_bad_input(tmp_path):
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="harness")
-    add_commands(parser.add_subparsers(dest="command", required=True))
+    add_foreign_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -671,3 +674,40 @@ def test_importing_harness_recordings_gives_back_the_run(stub, small_dataset, tm
         run = run.sort_values(["conversation_id", "turn"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(mine[compared], run[compared])
         assert set(mine["provider"]) == {"local"}
+
+
+# file: per interaction (cache_write, reasoning, billed in, billed out), read by hand from the
+# files' usage objects (Anthropic's cache_creation_input_tokens, OpenAI-style
+# completion_tokens_details.reasoning_tokens, Gemini's thoughtsTokenCount, Cohere billed_units)
+NEW_COLUMNS: dict[str, list[tuple]] = {
+    "anthropic/mirascope-anthropic_max_tokens.yaml": [(0, NA, NA, NA)],
+    "anthropic/pai-anthropic_parallel_tool_calls_parsed_body.yaml": [(0, NA, NA, NA)] * 2,
+    "cohere_v1/langtrace-cohere_v1_chat_history.yaml": [(NA, NA, 31, 69)],
+    "cohere_v1/oll-cohere_v1_chat_deprecation_warning.yaml": [(NA, NA, 7, 80)],
+    "cohere_v2/lc-cohere_reasoning_tool_call_gzip.yaml": [(NA, NA, 80, 301)],
+    "cohere_v2/lc-cohere_sql_agent_stream_finish_error.yaml": [(NA, NA, NA, NA)] * 2,
+    "gemini/mirascope-gemini_max_tokens.yaml": [(NA, 38, NA, NA)],
+    "groq/pai-groq_tool_use_failed_400_parsed_body.yaml": [(NA, NA, NA, NA), (NA, 22, NA, NA),
+                                                           (NA, 59, NA, NA)],
+    "openai/mirascope-openai_max_tokens_length.yaml": [(NA, 0, NA, NA)],
+    "openrouter/mirascope-openrouter_chat_gzip.yaml": [(NA, 0, NA, NA)],
+    "together/oll-together_chat_finish_eos.yaml": [(NA, NA, NA, NA)],
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_COLUMNS))
+def test_inspect_new_usage_columns_read_by_hand(table, name):
+    rows = table[table["file"].str.endswith(name)].to_dict("records")
+    got = [tuple(cell(r[c]) for c in ("cache_write_tokens", "reasoning_tokens",
+                                      "billed_input_tokens", "billed_output_tokens")) for r in rows]
+    assert got == NEW_COLUMNS[name]
+    for r in rows:
+        if cell(r["usage_raw"]) is None:
+            assert cell(r["input_tokens"]) is None
+            continue
+        raw = json.loads(r["usage_raw"])
+        if name.startswith("anthropic/"):  # input is every prompt token, cache included
+            assert r["input_tokens"] == (raw["input_tokens"] + raw["cache_read_input_tokens"]
+                                         + raw["cache_creation_input_tokens"])
+        assert r["total_tokens"] == r["input_tokens"] + r["output_tokens"]
+        assert cell(r["response_id"]) is not None

@@ -28,7 +28,8 @@ NO_HOST = ["(?!)"]  # a regex no host matches: not even 127.0.0.1
 
 
 def demo_providers(cassette_dir: Path):
-    names = sorted(p.name for p in (cassette_dir / "demo").iterdir() if p.is_dir())
+    names = sorted(p.name for p in (cassette_dir / "demo").iterdir()
+                   if p.is_dir() and not p.name.startswith("judge-"))
     return resolve(names, load_providers_file(ROOT / "harness.toml"))
 
 

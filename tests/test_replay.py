@@ -177,7 +177,7 @@ def test_no_written_file_holds_the_api_key(tmp_path, small_dataset, monkeypatch,
     for suffix in (".parquet", ".csv", ".jsonl"):
         results.save(frame, tmp_path / f"results{suffix}")
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(written) == 6
+    assert len(written) == 8  # 3 cassettes, 3 results files, the CSV's and JSONL's .run.json
     for path in written:
         assert FAKE_KEY.encode() not in path.read_bytes(), path
         assert b"abc123" not in path.read_bytes(), path

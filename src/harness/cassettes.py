@@ -45,10 +45,24 @@ import orjson
 import yaml
 from filelock import FileLock
 
+from .providers import is_secret_name
+
 RecordMode = Literal["none", "once", "new_episodes", "all"]
 RECORD_MODES: tuple[str, ...] = ("none", "once", "new_episodes", "all")
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe YAML that refuses aliases: a few hundred bytes of them expand to gigabytes."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node in self.constructed_objects or node in self.recursive_objects:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a YAML alias (*name): aliases are not allowed in a cassette "
+                "(expected plain vcrpy YAML)", node.start_mark)
+        return super().construct_object(node, deep)
+
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 SECRET_HEADERS = frozenset(
@@ -262,6 +276,8 @@ def _load_raw(path: Path, missing_ok: bool = False, as_json: bool | None = None
         data = _parse(path, raw, as_json)
     except UnicodeDecodeError:
         raise CassetteError(f"{path}: not a cassette: the file is not UTF-8 text") from None
+    except RecursionError:
+        raise CassetteError(f"{path}: not a valid cassette: nested too deeply") from None
     except (yaml.YAMLError, ValueError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -320,50 +336,155 @@ def _where(method: str, url: str) -> bytes:
 # --- scrubbing ------------------------------------------------------------------------------
 
 
+MIN_RUN = 12  # no run this long of a secret's characters is ever written
+_SHORT_SECRET = 6  # shorter secrets (a short password) are scrubbed only where they stand
+
+
 def scrub_url(url: str, secrets: list[str]) -> str:
+    """`url` with its userinfo and key-like query values replaced, and any secret in it."""
     parts = urlsplit(url)
-    query = [
-        (k, SCRUBBED if k.lower() in SECRET_QUERY_PARAMS else v)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{SCRUBBED}@{netloc.rpartition('@')[2]}"
+    query = urlencode([
+        (k, SCRUBBED if _secret_param(k) else v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return scrub_text(urlunsplit(parts._replace(query=urlencode(query, safe="<>"))), secrets)
+    ], safe="<>")
+    return scrub_text(urlunsplit(parts._replace(netloc=netloc, query=query)), secrets)
 
 
-def scrub_text(text: str, secrets: list[str]) -> str:
+def _secret_param(name: str) -> bool:
+    return name.lower() in SECRET_QUERY_PARAMS or is_secret_name(name)
+
+
+def scrub_text(text: str, secrets: list[str] | tuple[str, ...]) -> str:
+    """`text` with every secret, and every run of `MIN_RUN` or more of its characters,
+    replaced by `<scrubbed>` (a server may echo part of a key)."""
+    if not secrets or not text:
+        return text
+    chunks, pattern = _secret_pattern(tuple(secrets))
+    if not any(chunk in text for chunk in chunks):  # the usual case, at C speed
+        return text
+    spans: list[list[int]] = []
+    for match in pattern.finditer(text):
+        start, end = match.start(), match.start() + len(match.group(1))
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    if not spans:
+        return text
+    out, at = [], 0
+    for start, end in spans:
+        out += [text[at:start], SCRUBBED]
+        at = end
+    out.append(text[at:])
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(secrets: tuple[str, ...]) -> tuple[tuple[str, ...], re.Pattern[str]]:
+    """A lookahead at every position for a whole short secret or a `MIN_RUN`-long piece of a
+    long one (overlapping hits are merged into the run they cover), and the pieces a text
+    must hold for it to match: every `MIN_RUN`-long run holds one of a secret's aligned
+    `MIN_RUN // 2`-long chunks."""
+    pieces: set[str] = set()
+    chunks: set[str] = set()
+    half = MIN_RUN // 2
     for secret in secrets:
-        text = text.replace(secret, SCRUBBED)
-    return text
+        if len(secret) <= MIN_RUN:
+            if len(secret) >= _SHORT_SECRET:
+                pieces.add(secret)
+                chunks.add(secret)
+        else:
+            pieces.update(secret[i:i + MIN_RUN] for i in range(len(secret) - MIN_RUN + 1))
+            chunks.update(secret[i:i + half] for i in range(0, len(secret) - half + 1, half))
+    if not pieces:
+        return (), re.compile(r"(?!)()")
+    alternatives = "|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True))
+    return tuple(chunks), re.compile(f"(?=({alternatives}))")
+
+
+def scrub_bytes(body: bytes, secrets: list[str] | tuple[str, ...]) -> bytes:
+    """`scrub_text` of a UTF-8 body; the body as it is when there is nothing to scrub."""
+    if not secrets or not body:
+        return body
+    text = _to_text(body)
+    if not isinstance(text, str):
+        return body
+    scrubbed = scrub_text(text, secrets)
+    return body if scrubbed is text else scrubbed.encode("utf-8")
 
 
 def scrub_headers(headers: dict[str, list[str]], secrets: list[str]) -> dict[str, list[str]]:
+    """Credential headers replaced whole; in the others, any secret in the value."""
     return {
-        name: [SCRUBBED] if name.lower() in SECRET_HEADERS else [scrub_text(v, secrets) for v in values]
+        name: [SCRUBBED] if _secret_header(name.lower())
+        else [scrub_text(v, secrets) for v in values]
         for name, values in headers.items()
     }
+
+
+def _secret_header(name: str) -> bool:
+    # x-ratelimit-remaining-tokens counts tokens: it is no credential
+    return name in SECRET_HEADERS or (is_secret_name(name) and "ratelimit" not in name
+                                      and "rate-limit" not in name)
 
 
 # --- the store ------------------------------------------------------------------------------
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+# names Windows keeps for devices, with any extension (CON, nul.txt, COM1...)
+_RESERVED_NAME = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9]|CONIN\$|CONOUT\$)(\..*)?",
+                            re.IGNORECASE)
 
 
 def _safe_name(name: str) -> str:
+    """`name` as one plain file name: letters, digits, `._-`, never empty, `.`/`..`, hidden
+    or a device name; a changed name gets a hash of the original, so two never collide."""
     safe = _UNSAFE_NAME.sub("_", name)[:80]
+    if not safe or safe.startswith(".") or _RESERVED_NAME.fullmatch(safe):
+        safe = "_" + safe
+    if safe.endswith("."):  # Windows drops trailing dots
+        safe += "_"
     if safe != name:
-        safe += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        safe += "-" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return safe
 
 
 def cassette_path(root: str | Path, dataset: str, provider: str, conversation: str,
                   serializer: str = "yaml") -> Path:
-    """Where one conversation's recordings for one provider live."""
-    return _folder(root, dataset, provider) / f"{_safe_name(conversation)}.{serializer}"
+    """Where one conversation's recordings for one provider live: always inside
+    `root/<dataset>/<provider>/`, whatever the three names hold."""
+    folder = _folder(root, dataset, provider)
+    path = folder / f"{_safe_name(conversation)}.{serializer}"
+    if path.parent != folder or path.name in (".", ".."):
+        raise CassetteError(f"cassette name {conversation!r} leaves {folder}")
+    return path
+
+
+def dataset_folder(root: str | Path, dataset: str) -> Path:
+    """The folder holding every provider's cassettes of one dataset."""
+    return Path(root) / _safe_name(dataset)
+
+
+def recorded_providers(root: str | Path, dataset: str) -> list[str]:
+    """The providers with a cassette folder for `dataset`, sorted."""
+    folder = dataset_folder(root, dataset)
+    if not folder.is_dir():
+        return []
+    # judge-<provider>/ folders hold a judge's calls (harness score --judge), not a provider's
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("judge-"))
 
 
 @functools.lru_cache(maxsize=256)
 def _folder(root: str | Path, dataset: str, provider: str) -> Path:
-    return Path(root) / _safe_name(dataset) / _safe_name(provider)
+    folder = dataset_folder(root, dataset) / _safe_name(provider)
+    base = Path(root).resolve()
+    if folder.resolve().parent.parent != base:  # a symlinked folder may point elsewhere
+        raise CassetteError(f"cassette folder {folder} resolves outside {root}")
+    return folder
 
 
 def _headers_dict(headers: httpx.Headers) -> dict[str, list[str]]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from difflib import SequenceMatcher
-
+import numpy as np
 import pandas as pd
 
+from .costs import cost_table
 from .messages import FINISH_REASONS
 from .results import SORT_KEY, TOKEN_COLUMNS
+from .scores import DEFAULT_SCORERS, SCORERS, score
 
 KEY = ["conversation_id", "turn"]
 
@@ -28,11 +29,15 @@ def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
     present = [r for r in (*FINISH_REASONS, "skipped") if r in table.columns]
     table = table.reindex(columns=present + [c for c in table.columns if c not in present])
     table.columns.name = None
-    return table.reindex(list(dict.fromkeys(results["provider"])))
+    return table.reindex(list(dict.fromkeys(results["provider"]))).astype("Int64")
 
 
 def usage(results: pd.DataFrame) -> pd.DataFrame:
-    """Per provider: turns, errors, token sums and means, latency p50/p95."""
+    """Per provider: turns, errors, token sums and means, latency p50/p95, dollars.
+
+    `cost_usd` is the sum over answered turns, `cost_per_turn_usd` and
+    `cost_per_1k_turns_usd` its mean per answered turn; NA when a model has no price.
+    """
     groups = results.groupby("provider", sort=False)
     table = pd.DataFrame({
         "turns": groups.size(),
@@ -49,53 +54,116 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     table["latency_p50_ms"] = latency.quantile(0.5).round(1)
     table["latency_p95_ms"] = latency.quantile(0.95).round(1)
     table["retries"] = groups["attempts"].apply(lambda s: int((s.fillna(1) - 1).clip(lower=0).sum()))
+    if "cost_usd" in results:
+        table = table.join(cost_table(results))
+    table.index.name = "provider"
+    return table
+
+
+def tool_calls(results: pd.DataFrame) -> pd.DataFrame:
+    """Per provider, over turns whose dataset reply is a tool call: how many, how many of the
+    replies called tools, and how many matched (`tool_call_match`: same names and canonical
+    arguments; error rows are not scored)."""
+    scored = results[results["reference_tool_calls"].notna()]
+    groups = scored.groupby("provider", sort=False)
+    table = pd.DataFrame({
+        "reference_tool_calls": groups.size(),
+        "replied_with_tool_calls": groups["tool_calls"].apply(lambda s: int(s.notna().sum())),
+        "tool_call_matches": groups["tool_call_match"].apply(lambda s: int(s.fillna(False).sum())),
+    })
+    table["tool_call_match_rate"] = (table["tool_call_matches"]
+                                     / table["reference_tool_calls"]).round(3)
     table.index.name = "provider"
     return table
 
 
 def similarity(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean text similarity (0..1, difflib ratio) of each provider's replies to the reference."""
-    has_ref = results[results["reference"].notna() & results["response"].notna()]
-    scores = has_ref.assign(similarity=[
-        SequenceMatcher(None, r, a).ratio()
-        for r, a in zip(has_ref["reference"], has_ref["response"], strict=True)
-    ])
-    out = scores.groupby("provider", sort=False)["similarity"].agg(["mean", "count"])
-    return out.rename(columns={"mean": "similarity", "count": "turns_with_reference"}).round(3)
+    """Mean text similarity (0..1, rapidfuzz's normalized Indel) of each provider's replies to
+    the reference. difflib's ratio, used before, drops on texts over 200 characters."""
+    scored = score(results, ["similarity"]).dropna(subset=["similarity"])
+    out = scored.groupby("provider", sort=False)["similarity"].agg(["mean", "count"])
+    out = out.rename(columns={"mean": "similarity", "count": "turns_with_reference"})
+    return out.astype({"similarity": float}).round(3)
+
+
+def scores(results: pd.DataFrame, scorers=DEFAULT_SCORERS) -> pd.DataFrame:
+    """`results` with one column per scorer (see `harness.scores`)."""
+    return score(results, scorers)
+
+
+def score_table(results: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """Per provider, the mean of each score column (pass/fail ones as a pass rate)."""
+    columns = columns or [c for c in results.columns if c in SCORERS or c.startswith("judge_")]
+    numeric = results[["provider", *columns]].astype({c: "Float64" for c in columns})
+    table = numeric.groupby("provider", sort=False)[columns].mean().round(3)
+    table.index.name = "provider"
+    return table
+
+
+def significance(results: pd.DataFrame, metric: str, **kwargs) -> dict[str, pd.DataFrame]:
+    """Is the difference between providers on `metric` real? See `harness.significance`."""
+    from .significance import significance as run
+
+    return run(results, metric, **kwargs)
 
 
 DIFF_COLUMNS = ("response", "finish_reason", "status", "input_tokens", "output_tokens")
 
 
 def diff(baseline: pd.DataFrame, current: pd.DataFrame,
-         columns: tuple[str, ...] = DIFF_COLUMNS) -> pd.DataFrame:
+         columns: tuple[str, ...] = DIFF_COLUMNS, *, ignore: tuple[str, ...] = (),
+         tolerance: dict[str, float] | None = None) -> pd.DataFrame:
     """Turns whose reply, finish reason, status or token counts changed between two runs.
 
     One row per changed (conversation, turn, provider) with `change` naming what changed
-    (`added` / `removed` for rows only one side has) and the before/after values.
+    (`added` / `removed` for rows only one side has) and the before/after values. `ignore`
+    drops columns from the comparison; `tolerance` maps a numeric column (or `tokens`, for
+    every `*_tokens` column) to the largest difference still counted as unchanged.
     """
     key = SORT_KEY
-    merged = baseline.merge(current, on=key, how="outer", suffixes=("_before", "_after"),
-                            indicator=True)
-    changes = []
-    for _, row in merged.iterrows():
-        if row["_merge"] == "left_only":
-            what = ["removed"]
-        elif row["_merge"] == "right_only":
-            what = ["added"]
+    columns = tuple(c for c in columns if c not in ignore)
+    limits = _tolerances(columns, tolerance or {}, baseline)
+    merged = baseline[[*key, *columns]].merge(
+        current[[*key, *columns]], on=key, how="outer", suffixes=("_before", "_after"),
+        indicator=True)
+    side = merged["_merge"].to_numpy()
+    removed, added = side == "left_only", side == "right_only"
+    both = ~(removed | added)
+    changed = []
+    for c in columns:
+        before, after = merged[f"{c}_before"], merged[f"{c}_after"]
+        missing_b, missing_a = before.isna().to_numpy(), after.isna().to_numpy()
+        if c in limits:
+            differs = ((before.astype("Float64") - after.astype("Float64")).abs() > limits[c])
         else:
-            what = [c for c in columns if not _same(row[f"{c}_before"], row[f"{c}_after"])]
-        if what:
-            changes.append({
-                **{k: row[k] for k in key},
-                "change": ", ".join(what),
-                **{f"{c}_{side}": row[f"{c}_{side}"] for c in columns
-                   for side in ("before", "after")},
-            })
-    out_columns = [*key, "change", *(f"{c}_{s}" for c in columns for s in ("before", "after"))]
-    return pd.DataFrame(changes, columns=out_columns).sort_values(key, kind="stable").reset_index(
-        drop=True
-    )
+            differs = before != after
+        differs = differs.fillna(False).to_numpy(dtype=bool)
+        changed.append(both & ((missing_b != missing_a) | (differs & ~missing_b & ~missing_a)))
+    matrix = np.column_stack(changed) if changed else np.zeros((len(merged), 0), dtype=bool)
+    keep = removed | added | matrix.any(axis=1)
+    names = np.array(columns, dtype=object)
+    change = ["removed" if removed[i] else "added" if added[i] else ", ".join(names[matrix[i]])
+              for i in np.flatnonzero(keep)]  # a loop over the changed rows only
+    out = merged.loc[keep, key].copy()
+    out["change"] = pd.array(change, dtype="string")
+    for c in columns:
+        for s in ("before", "after"):
+            out[f"{c}_{s}"] = merged.loc[keep, f"{c}_{s}"]
+    return out.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def _tolerances(columns: tuple[str, ...], tolerance: dict[str, float],
+                frame: pd.DataFrame) -> dict[str, float]:
+    out = {}
+    for name, limit in tolerance.items():
+        targets = [c for c in columns if c.endswith("_tokens")] if name == "tokens" else [name]
+        for column in targets:
+            numbers = [c for c in columns if pd.api.types.is_numeric_dtype(frame[c])]
+            if column not in numbers:
+                raise ValueError(f"--tolerance {name}: not a compared numeric column "
+                                 f"(expected tokens or one of {', '.join(numbers)})")
+            out[column] = float(limit)
+    return out
 
 
 def _same(a, b) -> bool:
@@ -111,7 +179,10 @@ def describe(changes: pd.DataFrame, width: int = 100) -> str:
     blocks = []
     for _, row in changes.iterrows():
         lines = [f"{row['conversation_id']} turn {row['turn']} {row['provider']}: {row['change']}"]
-        for column in DIFF_COLUMNS:
+        named = row["change"].split(", ")
+        if named in (["added"], ["removed"]):
+            named = [c.removesuffix("_before") for c in changes.columns if c.endswith("_before")]
+        for column in named:
             before, after = row[f"{column}_before"], row[f"{column}_after"]
             if not _same(before, after):
                 lines.append(f"  {column}: {_short(before, width)} -> {_short(after, width)}")
@@ -124,3 +195,52 @@ def _short(value, width: int) -> str:
         return "NA"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def conversation(results: pd.DataFrame, conversation_id: str,
+                 providers: list[str] | None = None) -> pd.DataFrame:
+    """One conversation turn by turn: the user's message, the dataset's reply, each provider's.
+
+    One row per message (`role` is user, reference or reply; `provider` names who replied),
+    so it reads top to bottom like the chat it was.
+    """
+    rows = results[results["conversation_id"] == conversation_id]
+    if rows.empty:
+        known = ", ".join(list(dict.fromkeys(results["conversation_id"]))[:5])
+        raise KeyError(f"no conversation {conversation_id!r} in these results (e.g. {known})")
+    if providers is not None:
+        rows = rows[rows["provider"].isin(providers)]
+    out = []
+    for turn, group in rows.groupby("turn", sort=True):
+        first = group.iloc[0]
+        out.append({"turn": turn, "role": "user", "provider": None, "text": first["prompt"]})
+        if not pd.isna(first["reference"]):
+            out.append({"turn": turn, "role": "reference", "provider": None,
+                        "text": first["reference"]})
+        for row in group.itertuples(index=False):
+            out.append({"turn": turn, "role": "reply", "provider": row.provider,
+                        "text": row.response if row.status == "ok" else f"[{row.status}] {row.error}",
+                        "finish_reason": row.finish_reason, "output_tokens": row.output_tokens,
+                        "latency_ms": row.latency_ms})
+    frame = pd.DataFrame(out, columns=["turn", "role", "provider", "text", "finish_reason",
+                                       "output_tokens", "latency_ms"])
+    return frame.astype({"turn": "Int64", "role": "string", "provider": "string", "text": "string",
+                         "finish_reason": "string", "output_tokens": "Int64",
+                         "latency_ms": "Float64"})
+
+
+def show(frame: pd.DataFrame, na: str = "—"):
+    """A table for a notebook: text columns left-aligned with their line breaks, NA as `na`.
+
+    Returns a pandas Styler (needs jinja2, in the `dev` extra), or the frame itself without it.
+    """
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        return frame
+    text = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])
+            or frame[c].dtype == object]
+    return (frame.style.hide(axis="index")
+            .format(na_rep=na, precision=1)
+            .set_properties(subset=text, **{"text-align": "left", "white-space": "pre-wrap"})
+            .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}]))

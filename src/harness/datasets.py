@@ -22,10 +22,12 @@ from .messages import (
     Conversation,
     Message,
     SystemMessage,
+    Tool,
     ToolCall,
     ToolMessage,
     UserMessage,
 )
+from .providers._common import read_tools
 
 ROLES: dict[str, str] = {
     "system": "system", "developer": "system",
@@ -41,6 +43,8 @@ MESSAGE_COLUMNS = ("conversation_id", "position", "turn", "role", "content", "to
                    "tool_call_id")
 TURN_COLUMNS = ("conversation_id", "turn", "prompt", "reference", "n_prefix_messages")
 _WS = re.compile(r"[ \t\n\r]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+TOO_DEEP = "nested too deeply (expected JSON nested less than about 1000 levels)"
 
 
 class DatasetError(ValueError):
@@ -60,6 +64,8 @@ class Turn:
     index: int
     prefix: tuple[Message, ...] = field(repr=False)
     reference: str | None
+    tools: tuple[Tool, ...] = field(default=(), repr=False)  # the schemas offered to the model
+    reference_tool_calls: tuple[ToolCall, ...] = field(default=(), repr=False)
 
     @property
     def prompt(self) -> str:
@@ -68,14 +74,18 @@ class Turn:
 
 
 def conversation_turns(conv: Conversation) -> list[Turn]:
-    """One Turn per user message; its reference is the last assistant text before the next one."""
+    """One Turn per user message; its reference is the last assistant text before the next one,
+    its `reference_tool_calls` those of the assistant message right after it."""
     msgs = conv.messages
     starts = conv.user_turns()
     ends = [*starts[1:], len(msgs)]
     turns = []
     for k, (i, end) in enumerate(zip(starts, ends, strict=True), 1):
         texts = [m.content for m in msgs[i + 1 : end] if m.role == "assistant" and m.content]
-        turns.append(Turn(conv.id, k, i, tuple(msgs[: i + 1]), texts[-1] if texts else None))
+        following = msgs[i + 1] if i + 1 < end else None  # a tool call there is the reference
+        calls = following.tool_calls if isinstance(following, AssistantMessage) else ()
+        turns.append(Turn(conv.id, k, i, tuple(msgs[: i + 1]), texts[-1] if texts else None,
+                          conv.tools, calls))
     return turns
 
 
@@ -133,18 +143,49 @@ class Dataset:
 
 
 def load_dataset(
-    path: str | Path, *, answers: str | Path | None = None, limit: int | None = None
+    path: str | Path, *, answers: str | Path | None = None, limit: int | None = None,
+    tools: str | Path | None = None,
 ) -> Dataset:
     """Load a JSONL file, JSON array or JSON document of conversations (the first `limit`).
 
     `answers` is a FastChat answer file joined to MT-Bench questions on `question_id`: its
-    turns become the assistant replies after each user turn.
+    turns become the assistant replies after each user turn. `tools` is a JSON array of tool
+    schemas (OpenAI `{"type": "function", "function": {...}}` or bare `{name, description,
+    parameters}`) offered in every conversation that names none of its own (a record's own
+    `tools` list, OpenAI-style or ShareGPT's JSON text, always wins).
     """
     path = Path(path)
     if limit is not None and limit < 1:
         raise DatasetError(f"{path}: limit is {limit} (expected a positive number)")
     joined = _load_answers(Path(answers)) if answers is not None else None
-    return Dataset(path.stem, path, _conversations(_read_records(path), path.stem, joined, limit))
+    shared_tools = load_tools(tools) if tools is not None else ()
+    conversations = _conversations(_read_records(path), path.stem, joined, limit)
+    if shared_tools:
+        conversations = [c if c.tools else c.model_copy(update={"tools": shared_tools})
+                         for c in conversations]
+    return Dataset(path.stem, path, conversations)
+
+
+def load_tools(path: str | Path) -> tuple[Tool, ...]:
+    """Tool schemas from a JSON file holding an array of them (see `load_dataset`)."""
+    path = Path(path)
+    expected = ("expected a JSON array of tool schemas: {type: function, function: {name, "
+                "description, parameters}} or {name, description, parameters}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file ({expected})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"{path}: not JSON: {' '.join(str(exc).split())} ({expected})") from None
+    if not isinstance(data, list) or not data:
+        raise DatasetError(f"{path}: {expected}")
+    tools = []
+    for n, item in enumerate(data, 1):
+        found = read_tools([item])
+        if not found:
+            raise DatasetError(f"{path}: item {n}: not a tool schema ({expected})")
+        tools += found
+    return tuple(tools)
 
 
 def from_records(records: Iterable[dict], name: str = "dataset") -> Dataset:
@@ -170,6 +211,8 @@ def _conversations(
             messages = _messages(items)
         except _Bad as exc:
             raise DatasetError(f"{where}: {exc}".replace("\n", " ")) from None
+        except RecursionError:
+            raise DatasetError(f"{where}: {TOO_DEEP}") from None
         base = _explicit_id(record) or f"{stem}-{number}"
         conv_id, n = base, 1
         while conv_id in used:
@@ -180,10 +223,14 @@ def _conversations(
         metadata = {k: v for k, v in record.items() if k not in skip}
         if isinstance(metadata.get("metadata"), dict):  # canonical {"id", "messages", "metadata"}
             metadata = {**metadata.pop("metadata"), **metadata}
+        tools: tuple[Tool, ...] = ()
         if isinstance(metadata.get("tools"), str):  # ShareGPT keeps tool schemas as JSON text
             with contextlib.suppress(json.JSONDecodeError):
                 metadata["tools"] = json.loads(metadata["tools"])
-        out.append(Conversation(id=conv_id, messages=messages, metadata=metadata))
+        if isinstance(metadata.get("tools"), list) and (
+                (tools := read_tools(metadata["tools"])) or not metadata["tools"]):
+            del metadata["tools"]  # schemas move to Conversation.tools
+        out.append(Conversation(id=conv_id, messages=messages, metadata=metadata, tools=tools))
         if len(out) == limit:
             break
     return out
@@ -438,10 +485,13 @@ def _read_records(path: Path) -> Iterator[tuple[str, int, Any]]:
             raise DatasetError(f"{path}: empty file (expected JSON Lines or a JSON array)")
         try:
             first = json.loads(text)
+        except RecursionError:
+            raise DatasetError(f"{path}:{lineno}: {TOO_DEEP}") from None
         except json.JSONDecodeError:  # not one record per line: parse the whole document
             rest = _decode(f.read(), path, lineno + 1, offset + len(raw))
             yield from _document(text + rest, path, lineno - 1)
             return
+        _check_unicode(f"{path}:{lineno}", text, first)
         if isinstance(first, list):
             if not first:
                 raise DatasetError(f"{path}:{lineno}: empty JSON array (expected records)")
@@ -459,10 +509,24 @@ def _read_records(path: Path) -> Iterator[tuple[str, int, Any]]:
                                    "(expected one array, or one JSON object per line)")
             try:
                 record = json.loads(text)
+            except RecursionError:
+                raise DatasetError(f"{path}:{lineno}: {TOO_DEEP}") from None
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{lineno}: invalid JSON at column {exc.colno}: "
                                    f"{exc.msg} (expected one JSON object per line)") from None
+            _check_unicode(f"{path}:{lineno}", text, record)
             yield f"{path}:{lineno}", lineno, record
+
+
+def _check_unicode(where: str, text: str, record: Any) -> None:
+    """A DatasetError for a lone surrogate (`"\\ud800"`): valid JSON, but no UTF-8 can carry it.
+    Only text with such an escape in it is looked at closely."""
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DatasetError(f"{where}: a lone UTF-16 surrogate {exc.object[exc.start]!r} in a "
+                               "string (expected valid Unicode text)") from None
 
 
 def _decode(raw: bytes, path: Path, lineno: int, offset: int) -> str:
@@ -501,11 +565,14 @@ def _document(text: str, path: Path, skipped: int) -> Iterator[tuple[str, int, A
             return
         try:
             record, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            raise fail(pos, TOO_DEEP) from None
         except json.JSONDecodeError as exc:
             raise fail(exc.pos, f"{exc.msg} (expected a JSON array or one object per line)"
                        ) from None
         line += text.count("\n", counted, pos)
         counted, n = pos, n + 1
+        _check_unicode(f"{path}:{line}: record {n}", text[pos:end], record)
         yield f"{path}:{line}: record {n}", n, record
         pos = _WS.match(text, end).end()
         if array:

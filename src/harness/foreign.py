@@ -11,17 +11,15 @@ made by other projects become a regression suite. Requests that grow turn by tur
 for turn k+1 starts with turn k's messages and an assistant reply) are merged into one
 conversation; independent requests become separate conversations.
 
-The request side ("request body -> messages") is here, one small function per wire protocol
-in `REQUEST_PARSERS`; replies are read by the adapters' own `parse_response`. Gemini's
-generateContent has no adapter in harness, so a minimal read-only reader lives here too.
+Nothing here knows a provider's JSON: requests are read by each wire protocol's own
+`parse_request` / `parse_tools`, replies by its `parse_response` (see `harness.providers`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,23 +35,11 @@ from .messages import (
     AssistantMessage,
     Message,
     Reply,
-    SystemMessage,
-    ToolCall,
     ToolMessage,
-    UserMessage,
 )
 from .providers import protocol_module
-from .providers._common import (
-    arguments_text,
-    dig,
-    error_reply,
-    error_text,
-    is_sse,
-    load_json,
-    make_reply,
-    make_usage,
-    sse_events,
-)
+from .providers._common import function_tools
+from .tools import calls_json
 
 TEXT_CHARS = 60
 CASSETTE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -62,8 +48,10 @@ COLUMNS: dict[str, str] = {  # inspect_cassettes: column -> dtype
     "provider": "string", "protocol": "string", "model": "string", "messages": "Int64",
     "streamed": "boolean", "status": "Int64", "finish_reason": "string",
     "raw_finish_reason": "string", "input_tokens": "Int64", "output_tokens": "Int64",
-    "total_tokens": "Int64", "cached_tokens": "Int64", "text": "string", "tool_calls": "string",
-    "response_model": "string", "error": "string",
+    "total_tokens": "Int64", "cached_tokens": "Int64", "cache_write_tokens": "Int64",
+    "reasoning_tokens": "Int64", "billed_input_tokens": "Int64", "billed_output_tokens": "Int64",
+    "usage_raw": "string", "text": "string", "tool_calls": "string", "response_model": "string",
+    "response_id": "string", "error": "string",
 }
 
 # --- where a request went ---------------------------------------------------------------------
@@ -118,291 +106,18 @@ def detect(uri: str) -> tuple[str, str | None]:
     return provider, protocol
 
 
-# --- request bodies -> messages ---------------------------------------------------------------
-
-
-def _parts_text(content: Any, joiner: str = "\n") -> str:
-    """Content as text: a string, or a list of parts (text kept, other parts named in brackets)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        content = [content]
-    if not isinstance(content, list):
-        return json.dumps(content, ensure_ascii=False)
-    out: list[str] = []
-    for part in content:
-        if isinstance(part, str):
-            out.append(part)
-            continue
-        if not isinstance(part, Mapping):
-            out.append(json.dumps(part, ensure_ascii=False))
-            continue
-        kind = part.get("type", "text")
-        if isinstance(part.get("text"), str) and kind in ("text", "input_text", "output_text"):
-            out.append(part["text"])
-        elif kind == "document":  # Cohere v2 tool results
-            document = part.get("document")
-            data = document.get("data", document) if isinstance(document, Mapping) else document
-            out.append(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
-        elif kind not in ("thinking", "redacted_thinking", "reasoning"):
-            out.append(f"[{kind}]")
-    return joiner.join(out)
-
-
-def _messages_list(body: Any, key: str = "messages") -> list[Any]:
-    if not isinstance(body, Mapping):
-        raise ValueError("the request body is not a JSON object")
-    items = body.get(key)
-    if not isinstance(items, list):
-        raise ValueError(f"no {key!r} list in the request body")
-    for n, item in enumerate(items, 1):
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{key} item {n} is not an object")
-    return items
-
-
-def _openai_calls(message: Mapping[str, Any]) -> tuple[ToolCall, ...]:
-    calls = [ToolCall(id=c.get("id"), name=dig(c, "function", "name") or "",
-                      arguments=arguments_text(dig(c, "function", "arguments")))
-             for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
-    legacy = message.get("function_call")
-    if isinstance(legacy, Mapping):
-        calls.append(ToolCall(name=legacy.get("name") or "",
-                              arguments=arguments_text(legacy.get("arguments"))))
-    return tuple(calls)
-
-
-def openai_request(body: Any) -> list[Message]:
-    """OpenAI-compatible `messages` (system/developer, user, assistant + tool_calls, tool)."""
-    out: list[Message] = []
-    for n, m in enumerate(_messages_list(body), 1):
-        role, content = m.get("role"), m.get("content")
-        if role in ("system", "developer"):
-            out.append(SystemMessage(content=_parts_text(content)))
-        elif role == "user":
-            out.append(UserMessage(content=_parts_text(content)))
-        elif role == "assistant":
-            out.append(AssistantMessage(content=_parts_text(content, ""),
-                                        tool_calls=_openai_calls(m)))
-        elif role in ("tool", "function"):
-            name = m.get("name")
-            out.append(ToolMessage(content=_parts_text(content), tool_call_id=m.get("tool_call_id"),
-                                   name=name if isinstance(name, str) else None))
-        else:
-            raise ValueError(f"messages item {n}: unknown role {role!r}")
-    return out
-
-
-def cohere_v2_request(body: Any) -> list[Message]:
-    """Cohere v2 `messages`: like OpenAI's, with `tool_plan` and document tool results."""
-    out: list[Message] = []
-    for n, m in enumerate(_messages_list(body), 1):
-        role, content = m.get("role"), m.get("content")
-        if role == "system":
-            out.append(SystemMessage(content=_parts_text(content)))
-        elif role == "user":
-            out.append(UserMessage(content=_parts_text(content)))
-        elif role == "assistant":
-            text = _parts_text(content, "") or m.get("tool_plan") or ""
-            out.append(AssistantMessage(content=text, tool_calls=_openai_calls(m)))
-        elif role == "tool":
-            out.append(ToolMessage(content=_parts_text(content), tool_call_id=m.get("tool_call_id")))
-        else:
-            raise ValueError(f"messages item {n}: unknown role {role!r}")
-    return out
-
-
-def _v1_tool_messages(results_: Any) -> list[Message]:
-    out: list[Message] = []
-    for result in results_ or []:
-        if not isinstance(result, Mapping):
-            continue
-        outputs = result.get("outputs")
-        if (isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], Mapping)
-                and list(outputs[0]) == ["output"] and isinstance(outputs[0]["output"], str)):
-            text = outputs[0]["output"]  # what harness's own v1 adapter sends
-        else:
-            text = json.dumps(outputs, ensure_ascii=False)
-        out.append(ToolMessage(content=text, name=dig(result, "call", "name")))
-    return out
-
-
-def cohere_v1_request(body: Any) -> list[Message]:
-    """Cohere v1: `preamble` + `chat_history` (USER/CHATBOT/SYSTEM/TOOL) + `message`."""
-    if not isinstance(body, Mapping):
-        raise ValueError("the request body is not a JSON object")
-    if not isinstance(body.get("message"), str) and not body.get("tool_results"):
-        raise ValueError("no 'message' string in the request body")
-    out: list[Message] = []
-    if isinstance(body.get("preamble"), str) and body["preamble"]:
-        out.append(SystemMessage(content=body["preamble"]))
-    history = body.get("chat_history") or []
-    if not isinstance(history, list):
-        raise ValueError("'chat_history' is not a list")
-    for n, entry in enumerate(history, 1):
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"chat_history item {n} is not an object")
-        role = str(entry.get("role", entry.get("user_name", ""))).upper()
-        text = entry.get("message", entry.get("text"))
-        text = text if isinstance(text, str) else ""
-        if role == "USER":
-            out.append(UserMessage(content=text))
-        elif role in ("CHATBOT", "ASSISTANT"):
-            calls = tuple(ToolCall(name=c.get("name") or "", arguments=arguments_text(c.get("parameters")))
-                          for c in entry.get("tool_calls") or [] if isinstance(c, Mapping))
-            out.append(AssistantMessage(content=text, tool_calls=calls))
-        elif role == "SYSTEM":
-            out.append(SystemMessage(content=text))
-        elif role == "TOOL":
-            out += _v1_tool_messages(entry.get("tool_results"))
-        else:
-            raise ValueError(f"chat_history item {n}: unknown role {entry.get('role')!r}")
-    out += _v1_tool_messages(body.get("tool_results"))
-    if isinstance(body.get("message"), str) and (body["message"] or not body.get("tool_results")):
-        out.append(UserMessage(content=body["message"]))
-    return out
-
-
-def anthropic_request(body: Any) -> list[Message]:
-    """Anthropic Messages: `system` + `messages` of content blocks (tool_use / tool_result)."""
-    items = _messages_list(body)
-    out: list[Message] = []
-    system = _parts_text(body.get("system"))
-    if system:
-        out.append(SystemMessage(content=system))
-    for n, m in enumerate(items, 1):
-        role, content = m.get("role"), m.get("content")
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        if not isinstance(blocks, list):
-            raise ValueError(f"messages item {n}: content is neither text nor a list of blocks")
-        blocks = [b for b in blocks if isinstance(b, Mapping)]
-        if role == "user":
-            for b in blocks:
-                if b.get("type") == "tool_result":
-                    out.append(ToolMessage(content=_parts_text(b.get("content")),
-                                           tool_call_id=b.get("tool_use_id")))
-            rest = [b for b in blocks if b.get("type") != "tool_result"]
-            if rest or not blocks:
-                out.append(UserMessage(content=_parts_text(rest)))
-        elif role == "assistant":
-            calls = tuple(ToolCall(id=b.get("id"), name=b.get("name") or "",
-                                   arguments=arguments_text(b.get("input")))
-                          for b in blocks if b.get("type") == "tool_use")
-            text = _parts_text([b for b in blocks if b.get("type") != "tool_use"], "")
-            out.append(AssistantMessage(content=text, tool_calls=calls))
-        else:
-            raise ValueError(f"messages item {n}: unknown role {role!r}")
-    return out
-
-
-def gemini_request(body: Any) -> list[Message]:
-    """Gemini generateContent: `systemInstruction` + `contents` (user/model, parts)."""
-    items = _messages_list(body, "contents")
-    out: list[Message] = []
-    system = body.get("systemInstruction", body.get("system_instruction"))
-    if isinstance(system, Mapping):
-        text = _parts_text(system.get("parts"))
-        if text:
-            out.append(SystemMessage(content=text))
-    for n, m in enumerate(items, 1):
-        role = m.get("role", "user")
-        parts = [p for p in m.get("parts") or [] if isinstance(p, Mapping) and not p.get("thought")]
-        texts = [p["text"] for p in parts if isinstance(p.get("text"), str)]
-        if role == "model":
-            calls = tuple(ToolCall(id=dig(p, "functionCall", "id"),
-                                   name=dig(p, "functionCall", "name") or "",
-                                   arguments=arguments_text(dig(p, "functionCall", "args")))
-                          for p in parts if isinstance(p.get("functionCall"), Mapping))
-            out.append(AssistantMessage(content="".join(texts), tool_calls=calls))
-        elif role in ("user", "function"):
-            for p in parts:
-                response = p.get("functionResponse")
-                if isinstance(response, Mapping):
-                    out.append(ToolMessage(
-                        content=arguments_text(response.get("response")),
-                        tool_call_id=response.get("id"), name=response.get("name")))
-            if texts or not parts:
-                out.append(UserMessage(content="\n".join(texts)))
-        else:
-            raise ValueError(f"contents item {n}: unknown role {role!r}")
-    return out
-
-
-REQUEST_PARSERS: dict[str, Callable[[Any], list[Message]]] = {
-    "openai": openai_request,
-    "cohere-v1": cohere_v1_request,
-    "cohere-v2": cohere_v2_request,
-    "anthropic": anthropic_request,
-    "gemini": gemini_request,
-}
+# --- through the adapters ---------------------------------------------------------------------
 
 
 def parse_request(protocol: str, body: Any) -> list[Message]:
     """The messages of a recorded chat request body (parsed JSON) in one wire protocol."""
-    if protocol not in REQUEST_PARSERS:
-        raise ValueError(f"unsupported protocol {protocol!r}")
-    return REQUEST_PARSERS[protocol](body)
-
-
-# --- Gemini replies (no adapter in harness: read-only, minimal) -------------------------------
-
-GEMINI_FINISH_REASONS = {
-    "STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
-    "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-    "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "error", "OTHER": "other",
-}
-
-
-def gemini_response(status: int, headers: Mapping[str, str], body: bytes) -> Reply:
-    """A generateContent reply (JSON, JSON array or SSE stream of chunks) as a Reply."""
-    if status >= 400:
-        return error_reply(status, body)
-    if is_sse(body):
-        chunks = [data for _, data in sse_events(body)]
-    else:
-        data = load_json(body)
-        chunks = data if isinstance(data, list) else [data]
-    text: list[str] = []
-    calls: list[ToolCall] = []
-    raw = usage = model = response_id = error = None
-    for chunk in chunks:
-        if not isinstance(chunk, Mapping):
-            continue
-        if chunk.get("error"):
-            error = error_text(status, body, chunk)
-        usage = chunk.get("usageMetadata") or usage
-        model = chunk.get("modelVersion") or model
-        response_id = chunk.get("responseId") or response_id
-        raw = dig(chunk, "promptFeedback", "blockReason") or raw
-        candidates = chunk.get("candidates") or [{}]
-        candidate = candidates[0] if isinstance(candidates[0], Mapping) else {}
-        for part in dig(candidate, "content", "parts") or []:
-            if not isinstance(part, Mapping) or part.get("thought"):
-                continue
-            if isinstance(part.get("text"), str):
-                text.append(part["text"])
-            if isinstance(part.get("functionCall"), Mapping):
-                call = part["functionCall"]
-                calls.append(ToolCall(id=call.get("id"), name=call.get("name") or "",
-                                      arguments=arguments_text(call.get("args"))))
-        raw = candidate.get("finishReason") or raw
-    tokens = make_usage(dig(usage, "promptTokenCount"), dig(usage, "candidatesTokenCount"),
-                        dig(usage, "totalTokenCount"),
-                        cached_input_tokens=dig(usage, "cachedContentTokenCount"),
-                        reasoning_tokens=dig(usage, "thoughtsTokenCount"))
-    return make_reply("".join(text), raw, GEMINI_FINISH_REASONS, calls, tokens, response_id,
-                      model, error)
+    return protocol_module(protocol).parse_request(body)
 
 
 def parse_reply(protocol: str, interaction: Interaction) -> Reply:
     """The recorded response of a chat interaction as a Reply (raises ValueError when unreadable)."""
     headers = {k.lower(): (v[0] if isinstance(v, list) and v else str(v))
                for k, v in interaction.response_headers.items()}
-    if protocol == "gemini":
-        return gemini_response(interaction.status, headers, interaction.response_body)
     adapter = protocol_module(protocol)
     return adapter.parse_response(interaction.status, headers, interaction.response_body)
 
@@ -515,7 +230,10 @@ def _inspect_one(file: str, index: int, item: Interaction | str) -> dict[str, An
         finish_reason=reply.finish_reason, raw_finish_reason=reply.raw_finish_reason,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens, cached_tokens=usage.cached_input_tokens,
-        text=reply.text[:TEXT_CHARS], response_model=reply.model,
+        cache_write_tokens=usage.cache_write_input_tokens, reasoning_tokens=usage.reasoning_tokens,
+        billed_input_tokens=usage.billed_input_tokens,
+        billed_output_tokens=usage.billed_output_tokens, usage_raw=usage.usage_raw,
+        text=reply.text[:TEXT_CHARS], response_model=reply.model, response_id=reply.response_id,
         tool_calls=", ".join(c.name for c in reply.tool_calls) or None,
         error=reply.error or problem,
     )
@@ -532,8 +250,9 @@ def inspect_cassettes(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 
     Columns: file, index, method, host, path, provider, protocol (from the URL), model (the
     request's), messages (how many the request holds), streamed, status, finish_reason,
-    raw_finish_reason, input/output/total/cached tokens, text (its first 60 characters),
-    tool_calls (names), response_model, error. Interactions that are no chat call keep the
+    raw_finish_reason, input/output/total/cached/cache_write/reasoning/billed tokens (the
+    meaning of `harness.messages.Usage`), usage_raw, text (its first 60 characters),
+    tool_calls (names), response_model, response_id, error. Interactions that are no chat call keep the
     reply columns empty; one that cannot be read gets its problem in `error`. A file that is
     not a cassette raises CassetteError.
     """
@@ -690,27 +409,16 @@ def _fix_tool_ids(messages: list[Message]) -> list[Message]:
     return out
 
 
-PARAM_SKIP = frozenset({
-    "messages", "model", "stream", "stream_options", "system", "tools", "tool_choice",
-    "preamble", "chat_history", "message", "tool_results", "contents", "systemInstruction",
-    "system_instruction", "connectors",
-})
-
-
 def _metadata(file: str, chain: list[_Exchange], steps: list[dict[str, Any]]) -> dict[str, Any]:
     first = chain[0]
-    tools = [dig(t, "function", "name") or dig(t, "name")
-             for t in first.body.get("tools") or [] if isinstance(t, Mapping)]
-    params = {k: v for k, v in first.body.items()
-              if k not in PARAM_SKIP and v is not None and not isinstance(v, dict | list)}
+    params = {k: v for k, v in protocol_module(first.protocol).parse_params(first.body).items()
+              if not isinstance(v, dict | list)}  # scalars: what a replay can send again
     meta: dict[str, Any] = {
         "source": file, "interactions": [ex.index for ex in chain],
         "provider": first.provider, "protocol": first.protocol, "model": first.model,
     }
     if params:
         meta["params"] = params
-    if tools:
-        meta["tools"] = [t for t in tools if isinstance(t, str)]
     if steps:
         meta["tool_steps"] = steps
     return meta
@@ -755,6 +463,9 @@ def plan_import(paths: str | Path | Iterable[str | Path]) -> ImportPlan:
             record = {"id": conv_id,
                       "messages": [_message_record(m) for m in _fix_tool_ids(messages)],
                       "metadata": _metadata(file, chain, steps)}
+            tools = protocol_module(last.protocol).parse_tools(chain[0].body)
+            if tools:
+                record["tools"] = function_tools(tools)
             try:
                 (conversation,) = from_records([record], name=path.stem).conversations
             except DatasetError as exc:
@@ -771,7 +482,8 @@ def plan_import(paths: str | Path | Iterable[str | Path]) -> ImportPlan:
                 turn = turns[sum(m.role == "user" for m in ex.messages) - 1]
                 row = results.TurnResult.from_reply(
                     ex.reply, conversation_id=conv_id, turn=turn.turn, provider=ex.provider,
-                    prompt=turn.prompt, reference=turn.reference)
+                    prompt=turn.prompt, reference=turn.reference,
+                    reference_tool_calls=calls_json(turn.reference_tool_calls))
                 row.model = row.model or ex.model
                 row.http_status, row.latency_ms, row.attempts = ex.status, ex.latency_ms, 1
                 plan.rows.append(row)
@@ -809,7 +521,7 @@ def write_import(plan: ImportPlan, dataset_out: str | Path,
         why = f": {plan.skipped[0]}{more}" if plan.skipped else ""
         raise ValueError(f"no chat requests to import{why}")
     if baseline_out is not None:
-        _check_suffix(baseline_out, "baseline")
+        check_suffix(baseline_out, "baseline")
     write_dataset(plan.records, dataset_out)
     frame = results.to_frame(plan.rows, order=plan.order)
     if baseline_out is not None:
@@ -817,10 +529,10 @@ def write_import(plan: ImportPlan, dataset_out: str | Path,
     return load_dataset(dataset_out), frame
 
 
-# --- command line -------------------------------------------------------------------------------
+# --- files ---------------------------------------------------------------------------------------
 
 
-def _check_suffix(path: str | Path, what: str) -> None:
+def check_suffix(path: str | Path, what: str) -> None:
     if Path(path).suffix.lower() not in (".parquet", ".csv", ".jsonl", ".json"):
         raise ValueError(f"{path}: unknown {what} format {Path(path).suffix!r} "
                          "(use .parquet, .csv or .jsonl)")
@@ -828,93 +540,5 @@ def _check_suffix(path: str | Path, what: str) -> None:
 
 def save_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Any table as Parquet, CSV or JSONL, chosen by the file extension."""
-    _check_suffix(path, "table")
+    check_suffix(path, "table")
     return results.save(frame, path)
-
-
-def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """An `inspect_cassettes` table narrowed for a terminal: one `reply` cell holds the text,
-    else the tool calls, else the error; `finish` names the provider's own reason if it differs."""
-    rows = []
-    for r in frame.to_dict("records"):
-        r = {k: cell for k, cell in ((k, None if v is pd.NA else v) for k, v in r.items())}
-        finish = r["finish_reason"]
-        if finish and r["raw_finish_reason"] and r["raw_finish_reason"] != finish:
-            finish = f"{finish} ({r['raw_finish_reason']})"
-        if r["protocol"] is None and r["method"] is not None:
-            reply = f"({r['method']} {r['path']}: no chat call)"
-        elif r["error"]:
-            reply = r["error"]
-        elif r["text"]:
-            reply = r["text"]
-        else:
-            reply = f"-> {r['tool_calls']}" if r["tool_calls"] else ""
-        rows.append({"cassette": Path(r["file"]).name, "#": r["index"], "provider": r["provider"],
-                     "model": r["model"], "stream": "yes" if r["streamed"] else "",
-                     "status": r["status"], "finish": finish, "in": r["input_tokens"],
-                     "out": r["output_tokens"], "cached": r["cached_tokens"], "reply": reply})
-    columns = ["cassette", "#", "provider", "model", "stream", "status", "finish", "in", "out",
-               "cached", "reply"]
-    out = pd.DataFrame(rows, columns=columns)
-    for column in ("#", "status", "in", "out", "cached"):
-        out[column] = pd.array(list(out[column]), dtype="Int64")
-    return out
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from .cli import _console, print_frame
-
-    if args.out:
-        _check_suffix(args.out, "table")
-    frame = inspect_cassettes(args.cassettes)
-    console = _console()
-    files = frame["file"].nunique()
-    print_frame(display_frame(frame),
-                f"{len(frame)} interactions in {files} cassette{'s' * (files != 1)}",
-                console, max_chars=args.max_chars)
-    if args.out:
-        console.print(f"wrote {save_table(frame, args.out)}", highlight=False, markup=False,
-                      soft_wrap=True)
-    return 0
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from .cli import _console, print_frame
-
-    plan = plan_import(args.cassettes)
-    dataset, frame = write_import(plan, args.out, args.baseline)
-    console = _console()
-    summary = pd.DataFrame([
-        {"conversation": c.id, "source": Path(c.metadata.get("source", "")).name,
-         "provider": c.metadata.get("provider"), "model": c.metadata.get("model"),
-         "turns": len(c.user_turns()),
-         "baseline rows": int((frame["conversation_id"] == c.id).sum()),
-         "tool steps": len(c.metadata.get("tool_steps") or [])}
-        for c in dataset])
-    print_frame(summary, f"{len(dataset)} conversations, {len(dataset.turns())} user turns, "
-                f"{len(frame)} baseline rows", console, max_chars=60)
-    for line in plan.skipped:
-        console.print(f"not imported: {line}", highlight=False, markup=False, soft_wrap=True)
-    console.print(f"wrote {args.out}" + (f" and {args.baseline}" if args.baseline else ""),
-                  highlight=False, markup=False, soft_wrap=True)
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add `inspect` and `import` to the `python -m harness` subcommands."""
-    p = sub.add_parser("inspect", help="one row per interaction of any vcrpy cassettes")
-    p.add_argument("cassettes", nargs="+", metavar="CASSETTE",
-                   help="cassette files (vcrpy YAML/JSON), or folders of them")
-    p.add_argument("--out", "-o", metavar="FILE", help="also save the table (.csv, .parquet, .jsonl)")
-    p.add_argument("--max-chars", type=int, default=40, metavar="N",
-                   help="shorten long cells to N characters (default 40)")
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser("import", help="turn recorded chat requests into a dataset and a baseline")
-    p.add_argument("cassettes", nargs="+", metavar="CASSETTE",
-                   help="cassette files (vcrpy YAML/JSON), or folders of them")
-    p.add_argument("--out", "-o", required=True, metavar="DATASET",
-                   help="where to write the dataset (JSONL)")
-    p.add_argument("--baseline", metavar="RESULTS",
-                   help="also write the recorded replies as results (.parquet, .csv, .jsonl)")
-    p.set_defaults(func=cmd_import)

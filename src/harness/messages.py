@@ -19,6 +19,16 @@ class ToolCall(BaseModel):
     arguments: str = "{}"
 
 
+class Tool(BaseModel):
+    """A function the model may call: its name, description and JSON-schema parameters."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +68,7 @@ class Conversation(BaseModel):
     id: str
     messages: list[Message]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tools: tuple[Tool, ...] = ()
 
     def user_turns(self) -> list[int]:
         """Indexes into `messages` of each user message (turn k is element k-1)."""
@@ -68,15 +79,23 @@ class Conversation(BaseModel):
 # values they have already normalized, and validating those again took a tenth of a replay.
 @dataclass
 class Usage:
-    """Token counts as the provider reported them; None where it reported nothing."""
+    """Token counts with one meaning for every provider; None where it reported nothing.
+
+    `input_tokens` is every prompt token processed (uncached + cache reads + cache writes),
+    `output_tokens` every generated token (reasoning included); `cached_input_tokens` (cache
+    reads), `cache_write_input_tokens` and `reasoning_tokens` are parts of those. `usage_raw`
+    is the provider's own usage object as JSON text.
+    """
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
     cached_input_tokens: int | None = None
+    cache_write_input_tokens: int | None = None
     reasoning_tokens: int | None = None
     billed_input_tokens: int | None = None
     billed_output_tokens: int | None = None
+    usage_raw: str | None = None
 
 
 @dataclass

@@ -30,19 +30,26 @@ import pandas as pd
 from . import results as results_mod
 from .cassettes import (
     Cassette,
+    CassetteError,
     MissingRecording,
     RecordedHeaders,
     RecordMode,
     begin_rerecording,
     cassette_path,
+    dataset_folder,
     end_rerecording,
     partial_path,
+    recorded_providers,
+    scrub_bytes,
     scrub_text,
+    scrub_url,
 )
+from .costs import add_costs
 from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
-from .providers import PRESETS, Provider, ProviderConfigError
+from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
+from .tools import calls_json
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -132,6 +139,7 @@ class Run:
     started: float = field(default_factory=time.time)  # mode `all` replaces what is older
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
+    match_urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
     parsers: dict[str, Callable[..., Reply]] = field(init=False, repr=False)
 
@@ -139,7 +147,10 @@ class Run:
         # per provider, once rather than per turn: its URL as httpx sends it (so as it was
         # recorded), the keys to scrub from what it records, its adapter's parse_response
         self.urls = {p.name: str(httpx.URL(p.url)) for p in self.providers}
-        self.secrets = {p.name: _secrets(p) for p in self.providers}
+        shared = known_secrets(self.providers)  # any key may be echoed by any server
+        self.secrets = {p.name: shared for p in self.providers}
+        # a request is looked up in its cassette as it was recorded: scrubbed
+        self.match_urls = {p.name: scrub_url(self.urls[p.name], shared) for p in self.providers}
         self.parsers = {p.name: p.adapter.parse_response for p in self.providers}
 
     @functools.cached_property
@@ -164,9 +175,13 @@ class Run:
         return path
 
 
-def _secrets(provider: Provider) -> list[str]:
-    keys = {p.api_key() for p in PRESETS.values()} | {provider.api_key()}
-    return sorted((k for k in keys if k), key=len, reverse=True)
+def scrub_row(result: TurnResult, secrets: list[str]) -> TurnResult:
+    """`result` with every secret scrubbed from every text column, in place."""
+    if secrets:
+        for name, value in vars(result).items():
+            if isinstance(value, str) and value:
+                setattr(result, name, scrub_text(value, secrets))
+    return result
 
 
 def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
@@ -236,12 +251,13 @@ async def _call(
     """
     exchange = _Exchange()
     parse = run.parsers[provider.name]
+    match_url, match_body = run.match_urls[provider.name], scrub_bytes(content, cassette.secrets)
     for attempt in range(1, run.retry.attempts + 1):
         exchange.attempts = attempt
         response: httpx.Response | None = None
         answer: tuple[int, Mapping[str, str], bytes] | None = None
         failure: str | None = None  # the attempt got no HTTP answer
-        hit = cassette.take("POST", url, content)
+        hit = cassette.take("POST", match_url, match_body)
         if hit is not None:
             failure = hit.transport_error()
             if failure is None:
@@ -318,7 +334,8 @@ async def _replay_conversation(
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
                        "provider": provider.name, "prompt": turn.prompt,
-                       "reference": turn.reference}
+                       "reference": turn.reference,
+                       "reference_tool_calls": calls_json(turn.reference_tool_calls)}
                 prefix = _prefix(conversation, turns, turn.turn, own, run.history)
                 if isinstance(prefix, int):
                     emit(TurnResult(**row, status="skipped",
@@ -326,7 +343,7 @@ async def _replay_conversation(
                                           f"from the {run.history} history"))
                     continue
                 try:
-                    body = provider.build_body(prefix, run.params)
+                    body = provider.build_body(prefix, run.params, turn.tools)
                 except ValueError as exc:  # a prompt this protocol cannot express
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
@@ -393,16 +410,21 @@ async def replay_async(
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
+    names = [p.name for p in providers]
+    if len(set(names)) != len(names):  # their rows would collide after the run, not before
+        raise ValueError(f"a provider is named more than once: {', '.join(names)}")
+    check_params(params or {}, "params.")  # NaN is not JSON: never send it
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
               dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency),
               started=time.time() if started_at is None else started_at)
     log = None
+    secrets = known_secrets(run.providers)
     if journal is not None:
         log = results_mod.Journal(journal, {
             "dataset": dataset.name, "conversations": len(dataset), "history": history,
             "providers": [p.model_dump(mode="json") for p in run.providers],
             "params": run.params, "record_mode": record_mode,
-        })
+        }, secrets)
         run.done, run.journaling = log.done(), True
     check_ready(run, dataset.conversations)
     folders = [cassette_path(run.cassette_dir, dataset.name, p.name, "-").parent
@@ -412,12 +434,13 @@ async def replay_async(
     limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text, not a widget: a saved notebook keeps the final count
 
-    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress,
-               leave=False)
+    bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress)
 
     def emit(result: TurnResult, fresh: bool = True) -> None:
+        if fresh:  # before it reaches the journal, the table, stdout or a report
+            scrub_row(result, secrets)
         rows.append(result)
         bar.update(1)
         if fresh and log is not None:
@@ -434,10 +457,12 @@ async def replay_async(
     tasks = [asyncio.ensure_future(worker()) for _ in range(run.concurrency)]
     try:
         await asyncio.gather(*tasks)
-    except BaseException:
+    except BaseException as exc:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if log is not None and isinstance(exc, CassetteError) and not log.rows:
+            log.close(remove=True)  # a corrupt cassette is bad input: leave no journal behind
         raise
     finally:
         await run.aclose()
@@ -447,14 +472,53 @@ async def replay_async(
     if record_mode == "all":
         for folder in folders:
             end_rerecording(folder)
-    frame = results_mod.to_frame(rows, order=[c.id for c in dataset.conversations])
+    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
+                      {p.name: p for p in run.providers})
+    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
+                                              run.params)
     if log is not None and not keep_journal:
         log.close(remove=True)
     return frame
 
 
-def replay(dataset: Dataset, providers: Sequence[Provider], **kwargs: Any) -> pd.DataFrame:
-    """Synchronous `replay_async`; works inside Jupyter's running event loop too."""
+ProviderSpec = str | Provider
+
+
+def providers_for(providers: ProviderSpec | Sequence[ProviderSpec] | None, dataset: Dataset,
+                  providers_file: str | Path | None = None,
+                  cassette_dir: str | Path = "cassettes") -> list[Provider]:
+    """Names, Providers or a mix as Providers; names are looked up among the presets and
+    `providers_file` (default: `harness.toml` in the working directory, as the CLI does).
+    None means every provider with cassettes for this dataset."""
+    from .providers import load_providers_file, resolve
+
+    if providers_file is None and Path("harness.toml").is_file():
+        providers_file = "harness.toml"
+    extra = load_providers_file(providers_file) if providers_file is not None else {}
+    if providers is None:
+        providers = recorded_providers(cassette_dir, dataset.name)
+        if not providers:
+            raise ProviderConfigError(f"no cassettes for {dataset.name!r} under "
+                                      f"{dataset_folder(cassette_dir, dataset.name)}/: "
+                                      "name the providers to replay against")
+    if isinstance(providers, str | Provider):
+        providers = [providers]
+    return [p if isinstance(p, Provider) else resolve([p], extra)[0] for p in providers]
+
+
+def replay(dataset: Dataset | str | Path,
+           providers: ProviderSpec | Sequence[ProviderSpec] | None = None, *,
+           providers_file: str | Path | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Synchronous `replay_async`; works inside Jupyter's running event loop too.
+
+    `dataset` may be a path; `providers` names, Providers or a mix (see `providers_for`).
+    """
+    if not isinstance(dataset, Dataset):
+        from .datasets import load_dataset
+
+        dataset = load_dataset(dataset)
+    providers = providers_for(providers, dataset, providers_file,
+                              kwargs.get("cassette_dir", "cassettes"))
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from .messages import Reply, Usage
+from .tools import calls_json, from_json, tool_call_match
 
 
 @dataclass
@@ -33,9 +37,11 @@ class TurnResult:
     output_tokens: int | None = None
     total_tokens: int | None = None
     cached_input_tokens: int | None = None
+    cache_write_input_tokens: int | None = None
     reasoning_tokens: int | None = None
     billed_input_tokens: int | None = None
     billed_output_tokens: int | None = None
+    usage_raw: str | None = None  # the provider's own usage object, JSON text
     latency_ms: float | None = None
     status: str = "ok"          # ok | error | skipped
     http_status: int | None = None
@@ -43,13 +49,17 @@ class TurnResult:
     attempts: int = 0
     response_id: str | None = None
     tool_calls: str | None = None  # JSON text of the normalized tool calls, if any
+    reference_tool_calls: str | None = None  # the dataset's next assistant tool calls, JSON
+    tool_call_match: bool | None = None  # tool_calls == reference_tool_calls (see harness.tools)
+    cost_usd: float | None = None  # filled in by harness.costs
 
     @classmethod
     def from_reply(cls, reply: Reply, **row) -> TurnResult:
         usage = reply.usage
-        tool_calls = (
-            json.dumps([c.model_dump() for c in reply.tool_calls]) if reply.tool_calls else None
-        )
+        tool_calls = calls_json(reply.tool_calls)
+        if row.get("reference_tool_calls"):
+            row["tool_call_match"] = tool_call_match(reply.tool_calls,
+                                                     from_json(row["reference_tool_calls"]))
         return cls(
             **row,
             model=reply.model,
@@ -65,7 +75,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
-TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "usage_raw")
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
     **{c: "Int64" for c in TOKEN_COLUMNS},
@@ -73,11 +83,14 @@ DTYPES: dict[str, str] = {
     "http_status": "Int64",
     "attempts": "Int64",
     "latency_ms": "Float64",
+    "tool_call_match": "boolean",
+    "cost_usd": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
-_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
+_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
+          "boolean": pa.bool_()}
 _PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
-           pa.float64(): pd.Float64Dtype()}
+           pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
@@ -102,8 +115,13 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
     return frame.reset_index(drop=True)
 
 
+# columns added after results files were first written: an older file reads with them NA
+ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match")
+
+
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     """Coerce any frame with the result columns onto the documented dtypes."""
+    frame = frame.assign(**{c: None for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
@@ -129,6 +147,9 @@ def _as_dtype(values: pd.Series, dtype: str):
         cleaned = [None if v is None else int(v) for v in cleaned]
     elif dtype == "Float64":
         cleaned = [None if v is None else float(v) for v in cleaned]
+    elif dtype == "boolean":
+        cleaned = [None if v is None else v if isinstance(v, bool) else str(v).lower() == "true"
+                   for v in cleaned]
     else:
         cleaned = [None if v is None else str(v) for v in cleaned]
     return pd.array(cleaned, dtype=dtype)
@@ -154,22 +175,48 @@ def check_format(path: str | Path) -> str:
     return suffix
 
 
+def run_info(dataset, providers, history: str, record_mode: str, params: dict) -> dict:
+    """What `harness view` shows about a run: kept in `frame.attrs["run"]` and saved with it."""
+    return {
+        "dataset": dataset.name,
+        "dataset_path": str(dataset.path) if dataset.path is not None else None,
+        "providers": [{"name": p.name, "protocol": p.protocol, "model": p.model} for p in providers],
+        "history": history, "record_mode": record_mode, "params": dict(params),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_file(path: str | Path) -> Path:
+    """Where a CSV or JSONL results file keeps its run metadata (Parquet keeps it inside)."""
+    return Path(f"{path}.run.json")
+
+
 def save(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write results as Parquet, CSV or JSONL, chosen by the file extension."""
     suffix = check_format(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    elif suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".parquet":
+            frame.to_parquet(path, index=False)  # frame.attrs (the run) go into its metadata
+        else:
+            if suffix == ".csv":
+                frame.to_csv(path, index=False)
+            else:
+                frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            if frame.attrs.get("run"):
+                run_file(path).write_text(json.dumps(frame.attrs["run"], indent=1) + "\n",
+                                          encoding="utf-8")
+    except OSError as exc:  # a full disk says nothing of which file it was writing
+        raise ValueError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """Read a results file written by `save` back into the documented dtypes."""
+def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read a results file written by `save` back into the documented dtypes.
+
+    A file written before `cost_usd` existed is priced now (`providers` by name, for the
+    ones that are no preset)."""
     path = Path(path)
     suffix = check_format(path)
     try:
@@ -186,10 +233,33 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow/parser errors have no common base
         raise ValueError(f"{path}: not a results file: {str(exc).splitlines()[0]}") from None
+    run = frame.attrs.get("run")
+    if run is None and run_file(path).is_file():
+        try:
+            run = json.loads(run_file(path).read_text(encoding="utf-8"))
+        except ValueError:
+            run = None  # metadata only feeds the view's header: never a reason to fail
+    priced = "cost_usd" in frame.columns
+    if not priced:  # written before harness priced rows
+        frame = frame.assign(cost_usd=None)
+    extra = [c for c in frame.columns if c not in COLUMNS]  # e.g. score columns
     try:
-        return normalize(frame)
+        out = normalize(frame)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    if not priced:
+        from .costs import add_costs
+
+        out = add_costs(out, providers)
+    if extra:
+        extras = frame[extra].copy()
+        for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is
+            if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":  # present
+                extras[column] = extras[column].astype("boolean")
+        out = out.join(extras)
+    out.attrs = {"run": run} if isinstance(run, dict) else {}
+    out.attrs["path"] = str(path)
+    return out
 
 
 class JournalWriteError(OSError):
@@ -202,14 +272,18 @@ class JournalWriteError(OSError):
 class Journal:
     """Rows appended to a JSONL file as they complete, so a killed run can resume.
 
-    The first line is a header naming the run (`fingerprint`); a journal written by
-    a different run is refused rather than silently mixed in. A torn last line (the
-    process died mid-write) is dropped.
+    The first line is a header naming the run by a fingerprint (a sha256 of its settings,
+    secrets scrubbed first, never the settings themselves); a journal written by a
+    different run is refused rather than silently mixed in. A torn last line (the process
+    died mid-write) is dropped.
     """
 
-    def __init__(self, path: str | Path, fingerprint: dict):
+    def __init__(self, path: str | Path, settings: dict, secrets: list[str] | None = None):
+        from .cassettes import scrub_text
+
         self.path = Path(path)
-        self.fingerprint = fingerprint
+        canonical = scrub_text(json.dumps(settings, sort_keys=True, default=str), secrets or [])
+        self.fingerprint = "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         self.rows: list[dict] = []
         if self.path.exists():
             self._read()
@@ -217,15 +291,19 @@ class Journal:
 
     def _read(self) -> None:
         # only lines ending in a newline are whole; what follows the last one is torn
-        lines = self.path.read_bytes().split(b"\n")[:-1]
-        if not lines:  # killed before its header was whole: nothing to resume
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")[:-1]
+        if not lines and self._header().startswith(data):  # killed mid-header: nothing to resume
             self._drop_torn_tail(0)
             return
         try:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
             header = None
-        if not isinstance(header, dict) or header.get("journal") != self.fingerprint:
+        if not isinstance(header, dict) or "journal" not in header:
+            raise ValueError(f"{self.path}:1: not a harness journal (expected a first line "
+                             '{"journal": ...}); delete the file to start over')
+        if header.get("journal") != self.fingerprint:
             raise ValueError(
                 f"{self.path}: an unfinished run with other settings left this journal; "
                 "run the same command again to resume it, or delete the file to start over"
@@ -241,6 +319,9 @@ class Journal:
             self.rows.append(row)
             kept += len(line) + 1
         self._drop_torn_tail(kept)
+
+    def _header(self) -> bytes:
+        return (json.dumps({"journal": self.fingerprint}) + "\n").encode("utf-8")
 
     def _drop_torn_tail(self, kept: int) -> None:
         """Cut what follows the last whole row (a line the process died writing, or one a full
@@ -263,7 +344,7 @@ class Journal:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = self.path.open("a", encoding="utf-8")
                 if self._fh.tell() == 0:
-                    self._fh.write(json.dumps({"journal": self.fingerprint}) + "\n")
+                    self._fh.write(self._header().decode("utf-8"))
             self._fh.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
             self._fh.flush()
         except OSError as exc:  # a full disk: say which file; the next run drops the torn line

@@ -2,7 +2,12 @@
 
 It is not a model: its replies are built from the request (turn count, the last user message,
 the first one), so that tests and the shipped demo cassettes exercise history, `max_tokens`
-cut-offs, usage and errors over real HTTP. With `fault_rate` it also misbehaves on a seeded
+cut-offs, usage and errors over real HTTP. A request that offers tools and ends in a user
+message gets a tool call instead, in that protocol's shape: of the first offered tool whose
+name the last user message holds, else of the first tool, with each required parameter set
+to a placeholder of its type ("stub", 1, true, [], {}); after a tool result it answers text.
+Gemini is served at `/v1beta/models/{model}:generateContent` and, as SSE,
+`:streamGenerateContent?alt=sse`. With `fault_rate` it also misbehaves on a seeded
 share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
 timeout, a body cut short, invalid JSON), the way real APIs do.
 
@@ -11,9 +16,12 @@ timeout, a body cut short, invalid JSON), the way real APIs do.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import random
+import re
 import signal
 import sys
 import threading
@@ -21,6 +29,9 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from harness.messages import Tool, ToolCall
+from harness.providers import protocol_module
 
 FAULTS = ("429", "500", "drop", "stall", "truncated", "bad_json")
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
@@ -55,52 +66,126 @@ def compose_reply(model: str, user_messages: list[str], all_text: str, max_token
     return " ".join(words), cut, len(_words(all_text)), len(words)
 
 
-def _openai(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+def _openai(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+            call: ToolCall | None = None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if call:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}]}
     return {
         "id": f"chatcmpl-{uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))}",
         "object": "chat.completion",
         "created": 1767225600,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "length" if cut else "stop"}],
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": "tool_calls" if call else "length" if cut else "stop"}],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
     }
 
 
-def _cohere_v2(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+def _cohere_v2(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+               call: ToolCall | None = None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": [{"type": "text", "text": text}]}
+    if call:
+        message = {"role": "assistant", "tool_plan": f"I will call {call.name}.", "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}]}
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
-        "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
-        "finish_reason": "MAX_TOKENS" if cut else "COMPLETE",
+        "message": message,
+        "finish_reason": "TOOL_CALL" if call else "MAX_TOKENS" if cut else "COMPLETE",
         "usage": {"billed_units": {"input_tokens": n_in, "output_tokens": n_out},
                   "tokens": {"input_tokens": n_in + 7, "output_tokens": n_out}},
     }
 
 
-def _cohere_v1(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
-    return {
+def _cohere_v1(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+               call: ToolCall | None = None) -> dict:
+    out: dict[str, Any] = {
         "response_id": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
-        "text": text,
+        "text": "" if call else text,
         "generation_id": str(uuid.uuid5(uuid.NAMESPACE_URL, text)),
-        "finish_reason": "MAX_TOKENS" if cut else "COMPLETE",
+        "finish_reason": "MAX_TOKENS" if cut and not call else "COMPLETE",
         "meta": {"api_version": {"version": "1"},
                  "billed_units": {"input_tokens": n_in, "output_tokens": n_out},
                  "tokens": {"input_tokens": n_in + 7, "output_tokens": n_out}},
     }
+    if call:
+        out["tool_calls"] = [{"name": call.name, "parameters": json.loads(call.arguments)}]
+    return out
 
 
-def _anthropic(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int) -> dict:
+def _anthropic(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+               call: ToolCall | None = None) -> dict:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if call:
+        content = [{"type": "tool_use", "id": call.id, "name": call.name,
+                    "input": json.loads(call.arguments)}]
     return {
         "id": f"msg_{uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True)).hex}",
         "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
+        "content": content,
+        "stop_reason": "tool_use" if call else "max_tokens" if cut else "end_turn",
+        "stop_sequence": None,
         "usage": {"input_tokens": n_in, "output_tokens": n_out},
     }
 
 
+def _gemini(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
+            call: ToolCall | None = None) -> dict:
+    parts: list[dict[str, Any]] = [{"text": text}]
+    if call:
+        parts = [{"functionCall": {"id": call.id, "name": call.name,
+                                   "args": json.loads(call.arguments)}}]
+    return {
+        "candidates": [{"content": {"role": "model", "parts": parts},
+                        "finishReason": "MAX_TOKENS" if cut and not call else "STOP",
+                        "index": 0}],
+        "usageMetadata": {"promptTokenCount": n_in, "candidatesTokenCount": n_out,
+                          "totalTokenCount": n_in + n_out},
+        "modelVersion": model,
+        "responseId": str(uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(body, sort_keys=True))),
+    }
+
+
+def _gemini_stream(payload: dict) -> bytes:
+    """A generateContent reply as two SSE chunks: the parts first, then finish and usage."""
+    candidate = payload["candidates"][0]
+    first = {"candidates": [{"content": candidate["content"], "index": 0}],
+             "modelVersion": payload["modelVersion"], "responseId": payload["responseId"]}
+    last = {"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
+                            "finishReason": candidate["finishReason"], "index": 0}],
+            "usageMetadata": payload["usageMetadata"], "modelVersion": payload["modelVersion"],
+            "responseId": payload["responseId"]}
+    return b"".join(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\r\n\r\n"
+                    for c in (first, last))
+
+
+PLACEHOLDERS = {"string": "stub", "integer": 1, "number": 1, "boolean": True, "array": [],
+                "object": {}}
+
+
+def tool_call_for(tools: tuple[Tool, ...], last_user: str, turn: int) -> ToolCall:
+    """The stub's deterministic call: the first tool named in the last user text, else the
+    first tool; required parameters get a placeholder of their type."""
+    tool = next((t for t in tools if t.name in last_user), tools[0])
+    props = tool.parameters.get("properties") or {}
+    args = {name: PLACEHOLDERS.get((props.get(name) or {}).get("type"), "stub")
+            for name in tool.parameters.get("required") or ()}
+    return ToolCall(id=f"call_stub_{turn}", name=tool.name, arguments=json.dumps(args))
+
+
 def _user_texts(path: str, body: dict) -> tuple[list[str], str]:
     """The user messages of a request and all of its text, per protocol."""
+    if _GEMINI.match(path.split("?")[0]):
+        contents = body.get("contents") or []
+        texts = [[p.get("text", "") for p in c.get("parts") or [] if "text" in p]
+                 for c in contents]
+        users = [" ".join(t) for c, t in zip(contents, texts, strict=True)
+                 if c.get("role", "user") == "user" and t]
+        system = [p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or []]
+        return users, " ".join([*system, *(" ".join(t) for t in texts)])
     if path.endswith("/chat") and "message" in body:  # Cohere v1
         history = body.get("chat_history") or []
         users = [h.get("message", "") for h in history if str(h.get("role")).upper() == "USER"]
@@ -120,7 +205,29 @@ ROUTES = {
     "/v2/chat": _cohere_v2,
     "/v1/chat": _cohere_v1,
     "/v1/messages": _anthropic,
+    "/v1beta/models/{model}:generateContent": _gemini,
 }
+PROTOCOLS = {_openai: "openai", _cohere_v2: "cohere-v2", _cohere_v1: "cohere-v1",
+             _anthropic: "anthropic", _gemini: "gemini"}
+_GEMINI = re.compile(r"^/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)$")
+
+
+def _route(path: str):
+    """The reply builder for a request path (Gemini's names the model), or None."""
+    path = path.split("?")[0]
+    return _gemini if _GEMINI.match(path) else ROUTES.get(path)
+
+
+def _tool_call(protocol: str, body: dict, users: list[str]) -> ToolCall | None:
+    """The stub's tool call when the request offers tools and ends in a user message."""
+    adapter = protocol_module(protocol)
+    try:
+        tools, messages = adapter.parse_tools(body), adapter.parse_request(body)
+    except ValueError:
+        return None
+    if not tools or not messages or messages[-1].role != "user":
+        return None
+    return tool_call_for(tools, users[-1] if users else "", len(users))
 
 
 class _Server(ThreadingHTTPServer):
@@ -135,12 +242,17 @@ class StubServer:
     """Run the stub on 127.0.0.1 in a background thread: `with StubServer() as s: s.base_url`."""
 
     def __init__(self, port: int = 0, *, fault_rate: float = 0.0, seed: int = 0,
-                 stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0):
+                 stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0,
+                 echo: int = 0):
+        """`echo` > 0: like a careless API, send back the last `echo` characters of every
+        credential the request carried (headers, cookie, query, body, Basic auth) in the
+        reply text or 401 message and in an `x-echo` header, to test the scrubber."""
         self.fault_rate, self.stall_seconds, self.api_key = fault_rate, stall_seconds, api_key
-        self.delay = delay
+        self.delay, self.echo = delay, echo
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[dict] = []
+        self.seen: list[dict] = []  # every POST as it arrived, refused ones too
         self.faults: dict[str, int] = {}
         self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -179,10 +291,11 @@ class StubServer:
                 pass
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None):
+                headers = dict(headers or {})
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", headers.pop("content-type", "application/json"))
                 self.send_header("content-length", str(len(payload)))
-                for name, value in (headers or {}).items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
@@ -197,15 +310,35 @@ class StubServer:
                 else:
                     self._error(404, f"no route {self.path}")
 
+            def _credentials(self, raw: bytes) -> list[str]:
+                sent = [self.headers.get(h, "") for h in (*AUTH_HEADERS, "cookie")]
+                sent += [v for k, v in self.headers.items() if "token" in k.lower()]
+                auth = self.headers.get("authorization", "")
+                if auth.lower().startswith("basic "):
+                    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                        sent.append(base64.b64decode(auth[6:]).decode())
+                sent.append(self.path.partition("?")[2])
+                with contextlib.suppress(ValueError, AttributeError):
+                    sent += [str(v) for k, v in json.loads(raw).items()
+                             if "key" in k or "token" in k and k != "max_tokens"]
+                return [c for c in sent if c]
+
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                route = ROUTES.get(self.path.split("?")[0])
+                route = _route(self.path)
                 if route is None:
                     return self._error(404, f"no route {self.path}")
-                if server.api_key is not None:
-                    sent = " ".join(self.headers.get(h, "") for h in AUTH_HEADERS)
-                    if server.api_key not in sent:
-                        return self._error(401, "invalid api key")
+                with server.lock:
+                    server.seen.append({"path": self.path, "headers": dict(self.headers),
+                                        "body": raw.decode("utf-8", "replace")})
+                needed = server.api_key is not None or server.echo
+                credentials = self._credentials(raw) if needed else []
+                echoed = " ".join(c[-server.echo:] for c in credentials) if server.echo else ""
+                echo = {"x-echo": echoed} if echoed else {}
+                if server.api_key is not None and not any(server.api_key in c
+                                                          for c in credentials):
+                    return self._error(401, "invalid api key" + (f": {echoed}" if echoed else ""),
+                                       echo)
                 try:
                     body = json.loads(raw)
                 except ValueError:
@@ -237,15 +370,24 @@ class StubServer:
                     return None
                 if fault == "bad_json":
                     return self._send(200, b'{"choices": [{"message": ')
-                model = str(body.get("model") or "stub")
+                gemini = _GEMINI.match(self.path.split("?")[0])
+                model = gemini.group(1) if gemini else str(body.get("model") or "stub")
                 users, everything = _user_texts(self.path, body)
-                if not users or not users[-1]:
+                call = _tool_call(PROTOCOLS[route], body, users)
+                if call is None and (not users or not users[-1]):
                     return self._error(400, "the last message must be a non-empty user message")
-                max_tokens = body.get("max_tokens")
+                max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens") \
+                    if gemini else body.get("max_tokens")
                 text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
-                payload = route(body, model, text, cut, n_in, n_out)
+                if echoed:
+                    text += f" (you sent {echoed})"
+                payload = route(body, model, text, cut, n_in, n_out, call)
                 # some APIs echo credentials back; the stub does too, to test the scrubber
-                echo = {"x-echo-key": server.api_key} if server.api_key else {}
+                if server.api_key:
+                    echo["x-echo-key"] = server.api_key
+                if gemini and gemini.group(2) == "streamGenerateContent":
+                    return self._send(200, _gemini_stream(payload),
+                                      {**echo, "content-type": "text/event-stream"})
                 return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), echo)
 
         return Handler

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from harness.messages import Reply, ToolCall, Usage
+import orjson
+
+from harness.messages import Reply, Tool, ToolCall, Usage
 
 SNIPPET = 200
 MAX_ERROR = 500
@@ -39,17 +42,39 @@ def to_int(value: Any) -> int | None:
 
 
 def make_usage(input_tokens: Any = None, output_tokens: Any = None, total_tokens: Any = None, *,
-               cached_input_tokens: Any = None, reasoning_tokens: Any = None,
-               billed_input_tokens: Any = None, billed_output_tokens: Any = None) -> Usage:
-    """Usage with ints; total is the provider's, else input + output when both are known."""
+               cached_input_tokens: Any = None, cache_write_input_tokens: Any = None,
+               reasoning_tokens: Any = None, billed_input_tokens: Any = None,
+               billed_output_tokens: Any = None, raw: Any = None) -> Usage:
+    """Usage with ints; total is the provider's where it equals input + output, else their sum.
+
+    `raw` is the provider's own usage object, kept as JSON text in `usage_raw`.
+    """
     n_in, n_out, total = to_int(input_tokens), to_int(output_tokens), to_int(total_tokens)
-    if total is None and n_in is not None and n_out is not None:
+    if n_in is not None and n_out is not None:
         total = n_in + n_out
     return Usage(input_tokens=n_in, output_tokens=n_out, total_tokens=total,
                  cached_input_tokens=to_int(cached_input_tokens),
+                 cache_write_input_tokens=to_int(cache_write_input_tokens),
                  reasoning_tokens=to_int(reasoning_tokens),
                  billed_input_tokens=to_int(billed_input_tokens),
-                 billed_output_tokens=to_int(billed_output_tokens))
+                 billed_output_tokens=to_int(billed_output_tokens),
+                 usage_raw=raw_json(raw))
+
+
+def raw_json(value: Any) -> str | None:
+    """A provider's usage object as compact JSON text (None when it sent none)."""
+    if value is None or value == {}:
+        return None
+    try:  # on every replayed turn: orjson is ten times faster and writes the same compact JSON
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def add_counts(*values: Any) -> int | None:
+    """The sum of the token counts that are present (None when none is)."""
+    counts = [n for n in map(to_int, values) if n is not None]
+    return sum(counts) if counts else None
 
 
 def canonical_finish(raw: Any, mapping: Mapping[str, str], has_tool_calls: bool) -> str:
@@ -95,6 +120,85 @@ def passthrough(params: Mapping[str, Any], rename: Mapping[str, str] | None = No
     return {rename.get(k, k): v for k, v in params.items() if v is not None and k not in skip}
 
 
+# --- request bodies ---------------------------------------------------------------------------
+
+
+def parts_text(content: Any, joiner: str = "\n") -> str:
+    """Content as text: a string, or a list of parts (text kept, other parts named in brackets)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        content = [content]
+    if not isinstance(content, list):
+        return json.dumps(content, ensure_ascii=False)
+    out: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        if not isinstance(part, Mapping):
+            out.append(json.dumps(part, ensure_ascii=False))
+            continue
+        kind = part.get("type", "text")
+        if isinstance(part.get("text"), str) and kind in ("text", "input_text", "output_text"):
+            out.append(part["text"])
+        elif kind == "document":  # Cohere v2 tool results
+            document = part.get("document")
+            data = document.get("data", document) if isinstance(document, Mapping) else document
+            out.append(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
+        elif kind not in ("thinking", "redacted_thinking", "reasoning"):
+            out.append(f"[{kind}]")
+    return joiner.join(out)
+
+
+def object_list(body: Any, key: str = "messages") -> list[Mapping[str, Any]]:
+    """`body[key]` as a list of objects, or ValueError naming what is wrong."""
+    if not isinstance(body, Mapping):
+        raise ValueError("the request body is not a JSON object")
+    items = body.get(key)
+    if not isinstance(items, list):
+        raise ValueError(f"no {key!r} list in the request body")
+    for n, item in enumerate(items, 1):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{key} item {n} is not an object")
+    return items
+
+
+def request_params(body: Any, skip: Iterable[str], rename: Mapping[str, str] | None = None
+                   ) -> dict[str, Any]:
+    """A request body's params (what is not messages, tools, model or stream), keys renamed."""
+    if not isinstance(body, Mapping):
+        return {}
+    rename, skip = rename or {}, frozenset(skip)
+    return {rename.get(k, k): v for k, v in body.items() if k not in skip and v is not None}
+
+
+def function_tools(tools: Iterable[Tool]) -> list[dict[str, Any]]:
+    """Tools in the OpenAI / Cohere v2 shape: `{"type": "function", "function": {...}}`."""
+    return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": t.parameters}} for t in tools]
+
+
+def read_tools(value: Any) -> tuple[Tool, ...]:
+    """Tool schemas from OpenAI-style `{"type": "function", "function": {...}}` items or bare
+    `{name, description, parameters}` ones (ShareGPT; also JSON text of either); others skipped."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return ()
+    out = []
+    for item in value if isinstance(value, list) else []:
+        spec = item.get("function", item) if isinstance(item, Mapping) else None
+        if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+            params = spec.get("parameters", spec.get("input_schema"))
+            out.append(Tool(name=spec["name"], description=spec.get("description") or "",
+                            parameters=dict(params) if isinstance(params, Mapping) else {}))
+    return tuple(out)
+
+
 # --- bodies -------------------------------------------------------------------------------------
 
 
@@ -116,6 +220,11 @@ def is_sse(body: bytes) -> bool:
     return body.lstrip().startswith((b"data:", b"event:", b":", b"id:"))
 
 
+# SSE lines end in CRLF, CR or LF only: str.splitlines() would also split inside JSON strings
+# on U+2028/U+2029/U+0085 and friends, which JSON allows unescaped
+_SSE_LINES = re.compile(r"\r\n|\r|\n")
+
+
 def sse_events(body: bytes) -> list[tuple[str | None, Any]]:
     """(event name, parsed data) of each SSE event; `data: [DONE]` is left out."""
     events: list[tuple[str | None, Any]] = []
@@ -133,7 +242,7 @@ def sse_events(body: bytes) -> list[tuple[str | None, Any]]:
                 raise ValueError(f"invalid JSON response: {detail}") from None
         name, data = None, []
 
-    for line in body.decode("utf-8", "replace").splitlines():
+    for line in _SSE_LINES.split(body.decode("utf-8", "replace")):
         if not line.strip():
             dispatch()
         elif line.startswith("data:"):

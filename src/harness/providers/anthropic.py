@@ -3,20 +3,33 @@
 System messages become the top-level `system` string; tool results are sent as user
 `tool_result` blocks, and consecutive same-role messages are merged (Anthropic wants user and
 assistant to alternate). `max_tokens` is required (1024 when unset); `seed` is not supported
-and left out; `stop` is sent as `stop_sequences`. Usage: input_tokens/output_tokens as
-Anthropic reports them (input excludes cache reads and writes), cache_read_input_tokens ->
-cached_input_tokens; total is input + output (Anthropic sends no total). Streams (SSE:
+and left out; `stop` is sent as `stop_sequences`. Usage: input = `input_tokens +
+cache_read_input_tokens + cache_creation_input_tokens` (Anthropic's `input_tokens` counts only
+the uncached part); `output_tokens` -> output (thinking included); `cache_read_input_tokens`
+-> cached_input_tokens; `cache_creation_input_tokens` -> cache_write_input_tokens; total is
+input + output (Anthropic sends no total); the `usage` object -> usage_raw. Streams (SSE:
 message_start, content_block_*, message_delta) are accumulated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.messages import Message, Reply, ToolCall, Usage
+from harness.messages import (
+    AssistantMessage,
+    Message,
+    Reply,
+    SystemMessage,
+    Tool,
+    ToolCall,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
 from harness.providers._common import (
+    add_counts,
     arguments_object,
     arguments_text,
     dig,
@@ -26,7 +39,11 @@ from harness.providers._common import (
     load_json,
     make_reply,
     make_usage,
+    object_list,
+    parts_text,
     passthrough,
+    read_tools,
+    request_params,
     sse_events,
 )
 
@@ -69,8 +86,9 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return turns
 
 
-def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
-    """`{"model", "max_tokens", "system"?, "messages", **params}`."""
+def build_request(messages: list[Message], params: Mapping[str, Any],
+                  tools: Iterable[Tool] = ()) -> dict:
+    """`{"model", "max_tokens", "system"?, "tools"?, "messages", **params}`."""
     system = "\n\n".join(m.content for m in messages if m.role == "system")
     body: dict[str, Any] = {
         "model": params.get("model"),
@@ -79,13 +97,62 @@ def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
     }
     if system:
         body["system"] = system
+    if tools := [{"name": t.name, "description": t.description,
+                  "input_schema": t.parameters or {"type": "object"}} for t in tools]:
+        body["tools"] = tools
     body["messages"] = _messages([m for m in messages if m.role != "system"])
     return body
 
 
+def parse_request(body: Any) -> list[Message]:
+    """The messages of a request: `system` + `messages` of content blocks (tool_use/tool_result)."""
+    items = object_list(body)
+    out: list[Message] = []
+    if system := parts_text(body.get("system")):
+        out.append(SystemMessage(content=system))
+    for n, m in enumerate(items, 1):
+        role, content = m.get("role"), m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list):
+            raise ValueError(f"messages item {n}: content is neither text nor a list of blocks")
+        blocks = [b for b in blocks if isinstance(b, Mapping)]
+        if role == "user":
+            for b in blocks:
+                if b.get("type") == "tool_result":
+                    out.append(ToolMessage(content=parts_text(b.get("content")),
+                                           tool_call_id=b.get("tool_use_id")))
+            rest = [b for b in blocks if b.get("type") != "tool_result"]
+            if rest or not blocks:
+                out.append(UserMessage(content=parts_text(rest)))
+        elif role == "assistant":
+            calls = tuple(ToolCall(id=b.get("id"), name=b.get("name") or "",
+                                   arguments=arguments_text(b.get("input")))
+                          for b in blocks if b.get("type") == "tool_use")
+            text = parts_text([b for b in blocks if b.get("type") != "tool_use"], "")
+            out.append(AssistantMessage(content=text, tool_calls=calls))
+        else:
+            raise ValueError(f"messages item {n}: unknown role {role!r}")
+    return out
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a request body, as build_request takes them."""
+    return request_params(body, ("model", "messages", "system", "stream", "tools", "tool_choice"),
+                          {"stop_sequences": "stop"})
+
+
+def parse_tools(body: Any) -> tuple[Tool, ...]:
+    """The tool schemas (`tools[].input_schema`) a request body offers."""
+    return read_tools(body.get("tools")) if isinstance(body, Mapping) else ()
+
+
 def _usage(usage: Any) -> Usage:
-    return make_usage(dig(usage, "input_tokens"), dig(usage, "output_tokens"),
-                      cached_input_tokens=dig(usage, "cache_read_input_tokens"))
+    read, written = dig(usage, "cache_read_input_tokens"), dig(usage, "cache_creation_input_tokens")
+    n_in = dig(usage, "input_tokens")
+    return make_usage(add_counts(n_in, read, written) if n_in is not None else None,
+                      dig(usage, "output_tokens"), cached_input_tokens=read,
+                      cache_write_input_tokens=written,
+                      raw=dict(usage) if isinstance(usage, Mapping) else None)
 
 
 def _from_message(status: int, body: bytes, data: Any) -> Reply:

@@ -3,32 +3,49 @@
 The last message is sent as `message` (it must be a user message), leading system messages as
 `preamble`, everything between as `chat_history`. Tool calls go back in v1's own shapes:
 CHATBOT `tool_calls: [{name, parameters}]` and TOOL `tool_results: [{call, outputs}]`.
-Usage: `meta.tokens` -> input/output, `meta.billed_units` -> billed_*; total is input + output
-(Cohere sends no total). v1 names no model in its response, so `model` is None. Streams
+Usage: `meta.tokens` -> input/output, `meta.billed_units` -> billed_*, `meta.cached_tokens` ->
+cached_input_tokens (no cache writes, no reasoning count); total is input + output (Cohere
+sends no total); the usage parts of `meta` (tokens, billed_units, cached_tokens) -> usage_raw.
+v1 names no model in its response, so `model` is None. Streams
 (`application/stream+json`, one JSON event per line) are read from their final `stream-end`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.messages import Message, Reply, ToolCall, ToolMessage
+from harness.messages import (
+    AssistantMessage,
+    Message,
+    Reply,
+    SystemMessage,
+    Tool,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+)
 from harness.providers._common import (
     arguments_object,
+    arguments_text,
     dig,
     error_reply,
     make_reply,
     make_usage,
     ndjson,
     passthrough,
+    request_params,
 )
 from harness.providers.cohere_v2 import FINISH_REASONS
 
 PATH = "/chat"
 
 ROLES = {"user": "USER", "assistant": "CHATBOT", "system": "SYSTEM", "tool": "TOOL"}
+# v1 types its flat parameters the Python way; a JSON schema's nesting does not survive
+TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
+         "array": "list", "object": "dict"}
+SCHEMA_TYPES = {v: k for k, v in TYPES.items()}
 
 
 def _history(messages: list[Message]) -> list[dict[str, Any]]:
@@ -52,8 +69,26 @@ def _history(messages: list[Message]) -> list[dict[str, Any]]:
     return history
 
 
-def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
-    """`{"model", "message", "chat_history"?, "preamble"?, **params}`; `stop` -> stop_sequences."""
+def _tool(tool: Tool) -> dict[str, Any]:
+    props = tool.parameters.get("properties") or {}
+    required = set(tool.parameters.get("required") or ())
+    definitions = {}
+    for name, schema in props.items():
+        schema = schema if isinstance(schema, Mapping) else {}
+        kind = schema.get("type")
+        entry: dict[str, Any] = {"type": TYPES.get(kind, kind) if isinstance(kind, str) else "str",
+                                 "required": name in required}
+        if schema.get("description"):
+            entry["description"] = schema["description"]
+        definitions[name] = entry
+    return {"name": tool.name, "description": tool.description,
+            "parameter_definitions": definitions}
+
+
+def build_request(messages: list[Message], params: Mapping[str, Any],
+                  tools: Iterable[Tool] = ()) -> dict:
+    """`{"model", "message", "chat_history"?, "preamble"?, "tools"?, **params}`; `stop` ->
+    stop_sequences; tools as `parameter_definitions` (top-level parameters only)."""
     if not messages or messages[-1].role != "user":
         last = messages[-1].role if messages else "nothing"
         raise ValueError(f"Cohere v1 needs the last message to be a user message, got {last}")
@@ -67,6 +102,109 @@ def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
         body["chat_history"] = history
     if lead:
         body["preamble"] = "\n\n".join(m.content for m in messages[:lead])
+    if tools := [_tool(t) for t in tools]:
+        body["tools"] = tools
+    return body
+
+
+def _tool_messages(results: Any) -> list[Message]:
+    out: list[Message] = []
+    for result in results or []:
+        if not isinstance(result, Mapping):
+            continue
+        outputs = result.get("outputs")
+        if (isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], Mapping)
+                and list(outputs[0]) == ["output"] and isinstance(outputs[0]["output"], str)):
+            text = outputs[0]["output"]  # what build_request sends
+        else:
+            text = json.dumps(outputs, ensure_ascii=False)
+        out.append(ToolMessage(content=text, name=dig(result, "call", "name") or None))
+    return out
+
+
+def parse_request(body: Any) -> list[Message]:
+    """The messages of a v1 request: `preamble` + `chat_history` + `message` (+ tool_results)."""
+    if not isinstance(body, Mapping):
+        raise ValueError("the request body is not a JSON object")
+    if not isinstance(body.get("message"), str) and not body.get("tool_results"):
+        raise ValueError("no 'message' string in the request body")
+    out: list[Message] = []
+    if isinstance(body.get("preamble"), str) and body["preamble"]:
+        out.append(SystemMessage(content=body["preamble"]))
+    history = body.get("chat_history") or []
+    if not isinstance(history, list):
+        raise ValueError("'chat_history' is not a list")
+    for n, entry in enumerate(history, 1):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"chat_history item {n} is not an object")
+        role = str(entry.get("role", entry.get("user_name", ""))).upper()
+        text = entry.get("message", entry.get("text"))
+        text = text if isinstance(text, str) else ""
+        if role == "USER":
+            out.append(UserMessage(content=text))
+        elif role in ("CHATBOT", "ASSISTANT"):
+            calls = tuple(ToolCall(name=c.get("name") or "",
+                                   arguments=arguments_text(c.get("parameters")))
+                          for c in entry.get("tool_calls") or [] if isinstance(c, Mapping))
+            out.append(AssistantMessage(content=text, tool_calls=calls))
+        elif role == "SYSTEM":
+            out.append(SystemMessage(content=text))
+        elif role == "TOOL":
+            out += _tool_messages(entry.get("tool_results"))
+        else:
+            raise ValueError(f"chat_history item {n}: unknown role {entry.get('role')!r}")
+    out += _tool_messages(body.get("tool_results"))
+    if isinstance(body.get("message"), str) and (body["message"] or not body.get("tool_results")):
+        out.append(UserMessage(content=body["message"]))
+    return out
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a v1 request body, as build_request takes them."""
+    return request_params(body, ("model", "message", "chat_history", "preamble", "stream",
+                                 "tools", "tool_results", "connectors"),
+                          {"stop_sequences": "stop"})
+
+
+def parse_tools(body: Any) -> tuple[Tool, ...]:
+    """The tools of a v1 request, as JSON schemas of their flat `parameter_definitions`."""
+    out = []
+    for tool in (body.get("tools") if isinstance(body, Mapping) else None) or []:
+        if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str):
+            continue
+        props, required = {}, []
+        for name, spec in (tool.get("parameter_definitions") or {}).items():
+            spec = spec if isinstance(spec, Mapping) else {}
+            kind = spec.get("type")
+            props[name] = {"type": SCHEMA_TYPES.get(kind, kind or "string")}
+            if spec.get("description"):
+                props[name]["description"] = spec["description"]
+            if spec.get("required"):
+                required.append(name)
+        schema: dict[str, Any] = {"type": "object", "properties": props}
+        if required:
+            schema["required"] = required
+        out.append(Tool(name=tool["name"], description=tool.get("description") or "",
+                        parameters=schema))
+    return tuple(out)
+
+
+V1_FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "COMPLETE",
+             "content_filter": "ERROR_TOXIC", "error": "ERROR", "other": "COMPLETE"}
+
+
+def build_response(reply: Reply, model: str | None = None) -> dict:
+    """A v1 chat response body saying what `reply` says (the local bridge answers with it)."""
+    tokens = {k: v for k, v in (("input_tokens", reply.usage.input_tokens),
+                                ("output_tokens", reply.usage.output_tokens)) if v is not None}
+    meta: dict[str, Any] = {"api_version": {"version": "1"}, "tokens": tokens}
+    if reply.usage.cached_input_tokens is not None:
+        meta["cached_tokens"] = reply.usage.cached_input_tokens
+    body: dict[str, Any] = {"response_id": reply.response_id or "", "text": reply.text,
+                            "finish_reason": V1_FINISH[reply.finish_reason], "meta": meta}
+    if reply.tool_calls:
+        body["tool_calls"] = [{"name": c.name, "parameters": arguments_object(c)}
+                              for c in reply.tool_calls]
     return body
 
 
@@ -85,6 +223,8 @@ def _from_response(status: int, body: bytes, data: Any, finish: Any = None) -> R
         billed_input_tokens=dig(meta, "billed_units", "input_tokens"),
         billed_output_tokens=dig(meta, "billed_units", "output_tokens"),
         cached_input_tokens=dig(meta, "cached_tokens"),
+        raw={k: meta[k] for k in ("tokens", "billed_units", "cached_tokens") if k in meta}
+        if isinstance(meta, Mapping) else None,
     )
     return make_reply(data.get("text") or "", data.get("finish_reason") or finish, FINISH_REASONS,
                       tool_calls, usage, data.get("response_id"), None)

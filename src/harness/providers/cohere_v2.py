@@ -2,26 +2,43 @@
 
 Text is the `text` content items (`thinking` items are left out); when there are none, the
 `tool_plan` Cohere writes before tool calls. An assistant message with tool calls is sent back
-with its text as `tool_plan`. Usage: `usage.tokens` -> input/output, `usage.billed_units` ->
-billed_*, `usage.cached_tokens` -> cached_input_tokens; total is input + output (Cohere sends
-no total). Streams (SSE: message-start, content-delta, tool-call-*, message-end) are accumulated.
+with its text as `tool_plan`. Usage: `usage.tokens.input_tokens` -> input (Cohere
+counts cached tokens in it), `usage.tokens.output_tokens` -> output, `usage.billed_units` ->
+billed_*, `usage.cached_tokens` -> cached_input_tokens; Cohere reports no cache writes and no
+reasoning count; total is input + output (Cohere sends no total); `usage` -> usage_raw.
+Streams (SSE: message-start, content-delta, tool-call-*, message-end) are accumulated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.messages import Message, Reply, ToolCall, Usage
+from harness.messages import (
+    AssistantMessage,
+    Message,
+    Reply,
+    SystemMessage,
+    Tool,
+    ToolCall,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
 from harness.providers._common import (
     arguments_text,
     dig,
     error_reply,
+    function_tools,
     is_sse,
     load_json,
     make_reply,
     make_usage,
+    object_list,
+    parts_text,
     passthrough,
+    read_tools,
+    request_params,
     sse_events,
 )
 
@@ -50,11 +67,46 @@ def _message(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": message.content}
 
 
-def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
-    """`{"model", "messages", **params}` with `stop` sent as `stop_sequences`."""
-    return {"model": params.get("model"),
+def build_request(messages: list[Message], params: Mapping[str, Any],
+                  tools: Iterable[Tool] = ()) -> dict:
+    """`{"model", "messages", "tools"?, **params}` with `stop` sent as `stop_sequences`."""
+    body = {"model": params.get("model"),
             **passthrough(params, rename={"stop": "stop_sequences"}),
             "messages": [_message(m) for m in messages]}
+    if tools := function_tools(tools):
+        body["tools"] = tools
+    return body
+
+
+def parse_request(body: Any) -> list[Message]:
+    """The messages of a v2 request body: like OpenAI's, with `tool_plan` and document results."""
+    out: list[Message] = []
+    for n, m in enumerate(object_list(body), 1):
+        role, content = m.get("role"), m.get("content")
+        if role == "system":
+            out.append(SystemMessage(content=parts_text(content)))
+        elif role == "user":
+            out.append(UserMessage(content=parts_text(content)))
+        elif role == "assistant":
+            text = parts_text(content, "") or m.get("tool_plan") or ""
+            calls = tuple(_tool_call(c) for c in m.get("tool_calls") or [] if isinstance(c, Mapping))
+            out.append(AssistantMessage(content=text, tool_calls=calls))
+        elif role == "tool":
+            out.append(ToolMessage(content=parts_text(content), tool_call_id=m.get("tool_call_id")))
+        else:
+            raise ValueError(f"messages item {n}: unknown role {role!r}")
+    return out
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a v2 request body, as build_request takes them."""
+    return request_params(body, ("model", "messages", "stream", "tools", "tool_choice"),
+                          {"stop_sequences": "stop"})
+
+
+def parse_tools(body: Any) -> tuple[Tool, ...]:
+    """The tool schemas a v2 request body offers."""
+    return read_tools(body.get("tools")) if isinstance(body, Mapping) else ()
 
 
 def _usage(usage: Any) -> Usage:
@@ -63,6 +115,7 @@ def _usage(usage: Any) -> Usage:
         billed_input_tokens=dig(usage, "billed_units", "input_tokens"),
         billed_output_tokens=dig(usage, "billed_units", "output_tokens"),
         cached_input_tokens=dig(usage, "cached_tokens"),
+        raw=dict(usage) if isinstance(usage, Mapping) else None,
     )
 
 
@@ -76,6 +129,27 @@ def _error(source: Any) -> str | None:
     if not isinstance(message, str):
         return None
     return f"{kind}: {message}" if isinstance(kind, str) else message
+
+
+V2_FINISH = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL",
+             "content_filter": "ERROR_TOXIC", "error": "ERROR", "other": "COMPLETE"}
+
+
+def build_response(reply: Reply, model: str | None = None) -> dict:
+    """A v2 chat response body saying what `reply` says (the local bridge answers with it)."""
+    message: dict[str, Any] = {"role": "assistant"}
+    if reply.tool_calls:
+        message.update({k: v for k, v in _message(AssistantMessage(
+            content=reply.text, tool_calls=tuple(reply.tool_calls))).items() if k != "role"})
+    else:
+        message["content"] = [{"type": "text", "text": reply.text}]
+    tokens = {k: v for k, v in (("input_tokens", reply.usage.input_tokens),
+                                ("output_tokens", reply.usage.output_tokens)) if v is not None}
+    usage: dict[str, Any] = {"tokens": tokens}
+    if reply.usage.cached_input_tokens is not None:
+        usage["cached_tokens"] = reply.usage.cached_input_tokens
+    return {"id": reply.response_id or "", "finish_reason": V2_FINISH[reply.finish_reason],
+            "message": message, "usage": usage}
 
 
 def _from_message(status: int, body: bytes, data: Any) -> Reply:

@@ -1,26 +1,46 @@
 """OpenAI-compatible chat completions: OpenAI, Together, Groq, Mistral, OpenRouter, vLLM, llama.cpp.
 
-Usage: prompt_tokens -> input, completion_tokens -> output, total_tokens as sent (else
-input + output when both are known); cached from `prompt_tokens_details.cached_tokens` or
-Together's top-level `usage.cached_tokens`; reasoning from
-`completion_tokens_details.reasoning_tokens`. Streams (SSE chunks) are accumulated.
+Usage (OpenAI's prompt_tokens already count cached and cache-written tokens, and its
+completion_tokens the reasoning ones): `prompt_tokens` (AssemblyAI: `input_tokens`) -> input;
+`completion_tokens` (AssemblyAI: `output_tokens`) -> output; cache reads from
+`prompt_tokens_details.cached_tokens` (Together: top-level `usage.cached_tokens`); cache writes
+from `prompt_tokens_details.cache_write_tokens` (OpenRouter) or `usage.cache_creation_input_tokens`
+(LiteLLM-style gateways); reasoning from `completion_tokens_details.reasoning_tokens`; total is
+`total_tokens` where it equals input + output, else their sum; the `usage` object -> usage_raw.
+The response id is `id` (AssemblyAI: `request_id`), the model `model` (AssemblyAI:
+`request.model`). Streams (SSE chunks) are accumulated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.messages import Message, Reply, ToolCall, Usage
+from harness.messages import (
+    AssistantMessage,
+    Message,
+    Reply,
+    SystemMessage,
+    Tool,
+    ToolCall,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
 from harness.providers._common import (
     arguments_text,
     dig,
     error_reply,
+    function_tools,
     is_sse,
     load_json,
     make_reply,
     make_usage,
+    object_list,
+    parts_text,
     passthrough,
+    read_tools,
+    request_params,
     sse_events,
 )
 
@@ -49,10 +69,51 @@ def _message(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": message.content}
 
 
-def build_request(messages: list[Message], params: Mapping[str, Any]) -> dict:
-    """`{"model", "messages", **params}`; params whose value is None are left out."""
-    return {"model": params.get("model"), **passthrough(params),
+def build_request(messages: list[Message], params: Mapping[str, Any],
+                  tools: Iterable[Tool] = ()) -> dict:
+    """`{"model", "messages", "tools"?, **params}`; params whose value is None are left out."""
+    body = {"model": params.get("model"), **passthrough(params),
             "messages": [_message(m) for m in messages]}
+    if tools := function_tools(tools):
+        body["tools"] = tools
+    return body
+
+
+def parse_request(body: Any) -> list[Message]:
+    """The messages of a request body (system/developer, user, assistant + tool_calls, tool)."""
+    out: list[Message] = []
+    for n, m in enumerate(object_list(body), 1):
+        role, content = m.get("role"), m.get("content")
+        if role in ("system", "developer"):
+            out.append(SystemMessage(content=parts_text(content)))
+        elif role == "user":
+            out.append(UserMessage(content=parts_text(content)))
+        elif role == "assistant":
+            out.append(AssistantMessage(content=parts_text(content, ""),
+                                        tool_calls=tuple(_tool_calls(m))))
+        elif role in ("tool", "function"):
+            name = m.get("name")
+            out.append(ToolMessage(content=parts_text(content), tool_call_id=m.get("tool_call_id"),
+                                   name=name if isinstance(name, str) else None))
+        else:
+            raise ValueError(f"messages item {n}: unknown role {role!r}")
+    return out
+
+
+NOT_PARAMS = ("model", "messages", "stream", "stream_options", "tools", "tool_choice",
+              "functions", "function_call")
+
+
+def parse_params(body: Any) -> dict[str, Any]:
+    """The params of a request body, as build_request takes them."""
+    return request_params(body, NOT_PARAMS)
+
+
+def parse_tools(body: Any) -> tuple[Tool, ...]:
+    """The tool schemas a request body offers (`tools`, or legacy `functions`)."""
+    if not isinstance(body, Mapping):
+        return ()
+    return read_tools(body.get("tools") or body.get("functions"))
 
 
 def content_text(content: Any) -> str:
@@ -68,11 +129,22 @@ def content_text(content: Any) -> str:
 def _usage(usage: Any) -> Usage:
     if not isinstance(usage, Mapping):
         return Usage()
-    cached = dig(usage, "prompt_tokens_details", "cached_tokens")
+    get = usage.get
+    n_in = get("prompt_tokens")
+    n_out = get("completion_tokens")
+    if n_in is None and n_out is None:  # AssemblyAI's LLM Gateway
+        n_in, n_out = get("input_tokens"), get("output_tokens")
+    prompt = get("prompt_tokens_details") or get("input_tokens_details") or {}
+    completion = get("completion_tokens_details") or get("output_tokens_details") or {}
+    cached = prompt.get("cached_tokens") if type(prompt) is dict else None
+    written = prompt.get("cache_write_tokens") if type(prompt) is dict else None
     return make_usage(
-        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"),
-        cached_input_tokens=cached if cached is not None else usage.get("cached_tokens"),
-        reasoning_tokens=dig(usage, "completion_tokens_details", "reasoning_tokens"),
+        n_in, n_out, get("total_tokens"),
+        cached_input_tokens=cached if cached is not None else get("cached_tokens"),
+        cache_write_input_tokens=written if written is not None else get(
+            "cache_creation_input_tokens"),
+        reasoning_tokens=completion.get("reasoning_tokens") if type(completion) is dict else None,
+        raw=usage,
     )
 
 
@@ -98,7 +170,8 @@ def _from_completion(status: int, body: bytes, data: Any) -> Reply:
     message = choice.get("message") or {}
     return make_reply(
         content_text(message.get("content")), choice.get("finish_reason"), FINISH_REASONS,
-        _tool_calls(message), _usage(data.get("usage")), data.get("id"), data.get("model"),
+        _tool_calls(message), _usage(data.get("usage")), data.get("id", data.get("request_id")),
+        data.get("model") or dig(data, "request", "model"),
     )
 
 
