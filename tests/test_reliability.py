@@ -196,9 +196,11 @@ def test_rate_limit_spaces_requests_evenly(tmp_path):
         replay(many_turns(6, 1), [provider], record_mode="all", cassette_dir=tmp_path,
                concurrency=6, progress=False)
         arrivals = sorted(r["at"] for r in stub.requests)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    assert len(gaps) == 5
-    assert min(gaps) >= 0.09  # 600 a minute: one every 0.1 s, though 6 were ready at once
+    assert len(arrivals) == 6
+    # 600 a minute: one every 0.1 s, though 6 were ready at once (without the limit they
+    # arrive within milliseconds); the span, not each gap: a loaded machine delays single
+    # arrivals, which shortens one gap as it lengthens the next
+    assert arrivals[-1] - arrivals[0] >= 0.4
 
 
 def test_an_interrupted_write_leaves_the_old_cassette_whole(tmp_path, monkeypatch):

@@ -530,9 +530,7 @@ def begin_rerecording(folder: Path, started: float) -> float:
     marker = folder / RERECORDING_MARKER
     try:
         return float(json.loads(marker.read_bytes())["started"])
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, KeyError, TypeError):  # a torn marker: start afresh
+    except (OSError, ValueError, KeyError, TypeError):  # none, or torn: begin afresh
         pass
     folder.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"started": started}), encoding="utf-8")
@@ -569,14 +567,15 @@ class Cassette:
     _by_key: dict[bytes, deque[int]] | None = None
     _recorded: list[dict] = field(default_factory=list)  # not saved yet
     # mode `all` replaces a cassette written before this time (the run's start); one written
-    # since then is another process's recording, merged in
+    # since then is this run's (another process's, or a stopped run's it continues)
     since: float = 0.0
 
     @classmethod
     def open(cls, path: str | Path, mode: RecordMode = "none",
              secrets: list[str] | None = None, since: float | None = None) -> Cassette:
         """Open for `mode`: `none` reads the cassette; the recording modes read the partial
-        file of an unfinished run if there is one, else the cassette (`all`: nothing).
+        file of an unfinished run if there is one, else the cassette (`all`: only one
+        written since the run began).
 
         `since`: when the run began (default: now); mode `all` replaces what was recorded
         before it."""
