@@ -247,9 +247,10 @@ class StubServer:
                  stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0,
                  echo: int = 0, chunk_delay: float = 0.0):
         """`chunk_delay`: seconds between the events of a streamed reply (asked for with
-        `stream: true`, or Gemini's streamGenerateContent). `echo` > 0: like a careless API, send back the last `echo` characters of every
-        credential the request carried (headers, cookie, query, body, Basic auth) in the
-        reply text or 401 message and in an `x-echo` header, to test the scrubber."""
+        `stream: true`, or Gemini's streamGenerateContent). `echo` > 0: like a careless API,
+        send back the last `echo` characters of every credential the request carried
+        (headers, cookie, query, body, Basic auth) in the reply text or 401 message and in
+        an `x-echo` header, to test the scrubber."""
         self.fault_rate, self.stall_seconds, self.api_key = fault_rate, stall_seconds, api_key
         self.delay, self.echo, self.chunk_delay = delay, echo, chunk_delay
         self.random = random.Random(seed)
