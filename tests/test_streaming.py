@@ -48,7 +48,8 @@ def test_streams_are_timed_as_they_arrive_and_replay_offline_the_same(paced, sma
     assert (live["ttft_ms"] > 0).all() and (live["ttft_ms"] < live["latency_ms"]).all()
     assert (live["ttfb_ms"] <= live["ttft_ms"]).all()
     assert (live["ttfc_ms"] == live["ttft_ms"]).all()  # the stub does not reason
-    assert (live["e2e_ms"] == live["latency_ms"]).all() and (live["timing"] == "live").all()
+    assert (live["e2e_ms"] == live["latency_ms"]).all()
+    assert live.attrs["run"]["timing"] == {"live": 35} and live.attrs["run"]["stream"]
     # the stub pauses between every two events (a word is a token): the end cannot come sooner
     assert (live["latency_ms"] >= (live["output_tokens"] - 1) * CHUNK_DELAY * 1000).all()
     assert (live["itl_ms"] > 0).all()
@@ -57,8 +58,8 @@ def test_streams_are_timed_as_they_arrive_and_replay_offline_the_same(paced, sma
     paced.__exit__()  # nothing answers any more
     offline = replay(small_dataset, providers, cassette_dir=tmp_path / "s", progress=False,
                      stream=True)
-    assert (offline["timing"] == "recorded").all()
-    pd.testing.assert_frame_equal(live.drop(columns="timing"), offline.drop(columns="timing"))
+    assert offline.attrs["run"]["timing"] == {"recorded": 35}  # read back, not measured
+    pd.testing.assert_frame_equal(live, offline)
 
 
 def test_a_stream_says_what_the_plain_reply_says(stub, small_dataset, tmp_path):
@@ -102,6 +103,9 @@ def test_replay_stream_on_the_command_line_prints_ttft(paced, small_dataset_file
     assert "ttft ms" in out
     frame = pd.read_parquet(tmp_path / "r.parquet")
     assert frame["ttft_ms"].notna().all()
+    assert "stream timings" not in out  # measured by this run
+    assert main(["replay", str(small_dataset_file), "-p", "s", "--stream", "--no-progress"]) == 0
+    assert "stream timings: 7 turns recorded" in capsys.readouterr().out
 
 
 # --- the protocol functions, on their own -------------------------------------------------------

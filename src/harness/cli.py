@@ -212,8 +212,20 @@ def print_report(frame: pd.DataFrame, console: Console, show: str = "summary",
         print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
                     index=True)
     print_summary(frame, console)
+    if line := timing_line(frame):
+        console.print(line, highlight=False)
     for line in costs.unpriced_summary(frame, providers):
         console.print(line, highlight=False)
+
+
+def timing_line(frame: pd.DataFrame) -> str | None:
+    """Where a streamed run's timings come from: measured now, or read from the cassettes."""
+    counts = (frame.attrs.get("run") or {}).get("timing") or {}
+    recorded, live = counts.get("recorded", 0), counts.get("live", 0)
+    if not recorded:
+        return None
+    return (f"stream timings: {recorded} turns recorded (read from the cassettes, as measured "
+            f"when they were recorded)" + (f", {live} measured by this run" if live else ""))
 
 
 FORMATS = ("table", "markdown", "csv", "json")

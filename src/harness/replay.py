@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,8 @@ class Run:
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
     stream: bool = False  # ask every provider for its stream; harness stamps it as it arrives
+    # turns whose latency was measured by this run (`live`) or read from a cassette (`recorded`)
+    timing: Counter[str] = field(default_factory=Counter, repr=False)
     started: float = field(default_factory=time.time)  # mode `all` replaces what is older
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
@@ -367,6 +370,8 @@ async def _replay_conversation(
                 exchange = await _call(run, provider, cassette, url, headers, content,
                                        turn, limiters.get(provider.name))
                 result = _row(exchange, row, provider)
+                if exchange.timing is not None:
+                    run.timing[exchange.timing] += 1
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
                 if run.journaling:  # a row in the journal implies its recording is on disk
@@ -397,7 +402,6 @@ def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
         for name, value in columns(exchange.timings, exchange.latency_ms,
                                    result.output_tokens).items():
             setattr(result, name, value)
-        result.timing = exchange.timing
     return result
 
 
@@ -502,6 +506,8 @@ async def replay_async(
                       {p.name: p for p in run.providers})
     frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
                                               run.params)
+    if stream:  # which stream timings this run measured, which it read back from cassettes
+        frame.attrs["run"].update(stream=stream, timing=dict(run.timing))
     if log is not None and not keep_journal:
         log.close(remove=True)
     return frame

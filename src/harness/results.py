@@ -50,7 +50,6 @@ class TurnResult:
     ttfc_ms: float | None = None
     itl_ms: float | None = None
     output_tokens_per_s: float | None = None
-    timing: str | None = None  # live (measured by this run) | recorded (read from the cassette)
     status: str = "ok"          # ok | error | skipped
     http_status: int | None = None
     error: str | None = None
@@ -127,7 +126,7 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
 
 # columns added after results files were first written: an older file reads with them NA
 ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match",
-                 *TIMING_COLUMNS, "timing")
+                 *TIMING_COLUMNS)
 
 
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:

@@ -221,7 +221,7 @@ def token_kind(event: Any) -> str | None:
     if dig(event, "type") != "content_block_delta":
         return None
     kind = dig(event, "delta", "type")
-    if kind in ("thinking_delta", "signature_delta"):
+    if kind == "thinking_delta":
         return "reasoning"
     return "content" if kind in ("text_delta", "input_json_delta") else None
 
