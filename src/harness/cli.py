@@ -224,8 +224,8 @@ def timing_line(frame: pd.DataFrame) -> str | None:
     recorded, live = counts.get("recorded", 0), counts.get("live", 0)
     if not recorded:
         return None
-    return (f"stream timings: {recorded} turns recorded (read from the cassettes, as measured "
-            f"when they were recorded)" + (f", {live} measured by this run" if live else ""))
+    return (f"stream timings: {recorded} turns read from the cassettes, not measured now"
+            + (f"; {live} measured by this run" if live else ""))
 
 
 FORMATS = ("table", "markdown", "csv", "json")
