@@ -259,3 +259,32 @@ def test_live_rerun_reproduces_the_recorded_replies(smollm2, tmp_path):
                     cassette_dir=tmp_path / "b", progress=False)
     columns = ["response", "finish_reason", "input_tokens", "output_tokens"]
     pd.testing.assert_frame_equal(first[columns], second[columns])
+
+
+@pytest.mark.live
+def test_streamed_replay_of_the_real_model_is_timed_and_replays_offline(smollm2, tmp_path):
+    from harness import replay
+    from harness.datasets import from_records
+
+    dataset = from_records([{"id": "colors", "messages": [
+        {"role": "user", "content": "Name three primary colors."},
+        {"role": "user", "content": "And one more?"}]}], name="live-stream")
+    providers = [smollm2.provider(), Provider(
+        name="local-anthropic", protocol="anthropic", base_url=smollm2.base_url,
+        model=smollm2.alias, headers={"anthropic-version": "2023-06-01"},
+        params={"temperature": 0, "seed": 42, "cache_prompt": False})]
+    params = {"max_tokens": 8}
+    plain = replay(dataset, providers, record_mode="once", cassette_dir=tmp_path / "p",
+                   params=params, progress=False, history="reference")
+    live = replay(dataset, providers, record_mode="once", cassette_dir=tmp_path / "s",
+                  params=params, progress=False, history="reference", stream=True)
+    assert (live["status"] == "ok").all()
+    assert (live["ttft_ms"] > 0).all() and (live["ttft_ms"] < live["latency_ms"]).all()
+    assert live["itl_ms"].notna().all() and live.attrs["run"]["timing"] == {"live": 4}
+    # token counts come from the stream's usage event: the same as the plain reply's
+    same = ["provider", "turn", "response", "output_tokens", "input_tokens", "finish_reason"]
+    pd.testing.assert_frame_equal(plain[same], live[same])
+    offline = replay(dataset, providers, cassette_dir=tmp_path / "s", params=params,
+                     progress=False, history="reference", stream=True)
+    assert offline.attrs["run"]["timing"] == {"recorded": 4}
+    pd.testing.assert_frame_equal(live, offline)

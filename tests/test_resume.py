@@ -27,6 +27,7 @@ from harness.cli import main
 from harness.stub_server import StubServer
 
 CONVERSATIONS, TURNS = 4, 3
+MEASURED = ["latency_ms", *results.TIMING_COLUMNS]  # wall time: differs run to run
 ALL_TURNS = {(c, t) for c in range(CONVERSATIONS) for t in range(1, TURNS + 1)}
 
 # Runs `python -m harness ARGS...` with one function wrapped so that its Nth call kills the
@@ -181,8 +182,8 @@ def test_kill_9_at_any_point_then_the_same_command_resumes(project, uninterrupte
             assert set(sent_before) | set(sent_again) == ALL_TURNS, where
             # latency is wall time measured live: a turn sent in the killed run replays its
             # own, which an uninterrupted run measured differently
-            pd.testing.assert_frame_equal(results.load(out).drop(columns="latency_ms"),
-                                          expected.drop(columns="latency_ms"), obj=where)
+            pd.testing.assert_frame_equal(results.load(out).drop(columns=MEASURED),
+                                          expected.drop(columns=MEASURED), obj=where)
             # each turn recorded once: nothing both kept and sent again
             assert sorted(recorded_turns(folder)) == sorted(ALL_TURNS), where
         assert leftovers(folder) == [] and not journal.exists(), where
@@ -208,8 +209,8 @@ def test_kill_9_without_out_resumes_from_the_partial_cassette(project, uninterru
     out = tmp_path / "out.parquet"
     assert main(project.command(mode, folder, out)) == 0
     assert not {c for c, _ in (turn_of(r["body"]) for r in project.requests)} & finished
-    pd.testing.assert_frame_equal(results.load(out).drop(columns="latency_ms"),
-                                  expected.drop(columns="latency_ms"))
+    pd.testing.assert_frame_equal(results.load(out).drop(columns=MEASURED),
+                                  expected.drop(columns=MEASURED))
     assert leftovers(folder) == []
 
 
@@ -248,8 +249,8 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(project, uninte
     assert main(project.command(mode, folder, out)) == 0
     sent_again = {turn_of(r["body"]) for r in project.requests}
     assert not sent_again & (journaled | on_disk)
-    pd.testing.assert_frame_equal(results.load(out).drop(columns="latency_ms"),
-                                  expected.drop(columns="latency_ms"))
+    pd.testing.assert_frame_equal(results.load(out).drop(columns=MEASURED),
+                                  expected.drop(columns=MEASURED))
     assert sorted(recorded_turns(folder)) == sorted(ALL_TURNS)
     assert leftovers(folder) == [] and not journal.exists()
 
@@ -271,8 +272,8 @@ def _resumes_after_a_full_disk(project, expected, folder: Path, out: Path, fill,
     assert main(argv) == 0, capsys.readouterr().err
     sent_again = {turn_of(r["body"]) for r in project.requests}
     assert not sent_again & (journaled | on_disk)
-    pd.testing.assert_frame_equal(results.load(out).drop(columns="latency_ms"),
-                                  expected.drop(columns="latency_ms"))
+    pd.testing.assert_frame_equal(results.load(out).drop(columns=MEASURED),
+                                  expected.drop(columns=MEASURED))
     assert leftovers(folder) == []
 
 

@@ -46,6 +46,8 @@ import yaml
 from filelock import FileLock
 
 from .providers import is_secret_name
+from .timings import HEADER as TIMINGS_HEADER
+from .timings import Timings
 
 RecordMode = Literal["none", "once", "new_episodes", "all"]
 RECORD_MODES: tuple[str, ...] = ("none", "once", "new_episodes", "all")
@@ -73,7 +75,7 @@ SECRET_HEADERS = frozenset(
 )
 SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token"})
 SCRUBBED = "<scrubbed>"
-LATENCY_HEADER = "x-harness-latency-ms"
+LATENCY_HEADER = "x-harness-latency-ms"  # beside it, a stream's stamps: TIMINGS_HEADER
 # A request that got no HTTP answer (dropped connection, timeout, short read) is recorded
 # as a 599 response marked by this header, its error text in the body: stock vcrpy loads it.
 TRANSPORT_ERROR_HEADER = "x-harness-transport-error"
@@ -131,6 +133,10 @@ class Interaction:
         """The latency harness recorded for this exchange, or None (vcrpy records none)."""
         value = float(self.header(LATENCY_HEADER) or "nan")
         return None if math.isnan(value) else value
+
+    def timings(self) -> Timings | None:
+        """The stream timings harness recorded for this exchange, or None (not streamed)."""
+        return Timings.parse(self.header(TIMINGS_HEADER))
 
     def transport_error(self) -> str | None:
         """The error of a request that got no HTTP answer, as harness recorded it, or None."""
@@ -646,17 +652,22 @@ class Cassette:
             "uri": scrub_url(str(request.url), secrets),
         }
 
-    def record(self, request: httpx.Request, response: httpx.Response, latency_ms: float) -> None:
-        """Keep one exchange (credentials scrubbed) for the next `save`."""
+    def record(self, request: httpx.Request, response: httpx.Response, latency_ms: float, *,
+               body: bytes | None = None, timings: Timings | None = None) -> None:
+        """Keep one exchange (credentials scrubbed) for the next `save`; `body` is the decoded
+        body of a streamed response (read as it arrived), `timings` its stamps."""
         response_headers = {
             k: v for k, v in _headers_dict(response.headers).items()
             if k.lower() not in _BODY_FRAMING
         }
         response_headers[LATENCY_HEADER] = [f"{latency_ms:.1f}"]
+        if timings is not None:
+            response_headers[TIMINGS_HEADER] = [timings.header()]
         self._recorded.append({
             "request": self._request(request),
             "response": {
-                "body": {"string": _scrub_body(response.content, self.secrets)},
+                "body": {"string": _scrub_body(response.content if body is None else body,
+                                               self.secrets)},
                 "headers": scrub_headers(response_headers, self.secrets),
                 "status": {"code": response.status_code, "message": response.reason_phrase},
             },

@@ -139,6 +139,9 @@ SHORT_NAMES = {
     "reasoning_tokens": "reasoning",
     "billed_input_tokens": "billed in", "billed_output_tokens": "billed out",
     "mean_output_tokens": "mean out", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
+    "ttft_p50_ms": "ttft p50", "ttft_p95_ms": "ttft p95", "ttfb_p50_ms": "ttfb p50",
+    "ttfb_p95_ms": "ttfb p95", "itl_p50_ms": "itl p50", "itl_p95_ms": "itl p95",
+    "output_tokens_per_s_p50": "tok/s p50", "output_tokens_per_s_p95": "tok/s p95",
     "cost_usd": "$ total", "cost_per_turn_usd": "$/turn", "cost_per_1k_turns_usd": "$/1k turns",
 }
 
@@ -164,7 +167,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                           "err": usage["errors"] + usage["skipped"]}, index=usage.index)
     table = table.join(reasons)
     for column, name in (("input_tokens", "in tok"), ("output_tokens", "out tok"),
-                         ("latency_p50_ms", "p50 ms")):
+                         ("latency_p50_ms", "p50 ms"), ("ttft_p50_ms", "ttft ms")):
         if column in usage:
             table[name] = usage[column].map(_compact).astype("string")
     cost = usage["cost_usd"] if "cost_usd" in usage else (
@@ -209,8 +212,20 @@ def print_report(frame: pd.DataFrame, console: Console, show: str = "summary",
         print_frame(compare.score_table(frame, scored), "Scores, mean per provider", console,
                     index=True)
     print_summary(frame, console)
+    if line := timing_line(frame):
+        console.print(line, highlight=False)
     for line in costs.unpriced_summary(frame, providers):
         console.print(line, highlight=False)
+
+
+def timing_line(frame: pd.DataFrame) -> str | None:
+    """Where a streamed run's timings come from: measured now, or read from the cassettes."""
+    counts = (frame.attrs.get("run") or {}).get("timing") or {}
+    recorded, live = counts.get("recorded", 0), counts.get("live", 0)
+    if not recorded:
+        return None
+    return (f"stream timings: {recorded} turns read from the cassettes, not measured now"
+            + (f"; {live} measured by this run" if live else ""))
 
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -288,7 +303,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
             concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
             on_row=finished.append, keep_journal=True, started_at=_process_start(),
-            timeout=args.timeout,
+            timeout=args.timeout, stream=args.stream,
         )
     except KeyboardInterrupt:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
@@ -504,7 +519,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
 def cmd_serve_stub(args: argparse.Namespace) -> int:
     from .stub_server import serve
 
-    return serve(args.port, args.fault_rate, args.seed, args.delay)
+    return serve(args.port, args.fault_rate, args.seed, args.delay, args.chunk_delay)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -672,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
                    help=f"conversations in flight at once (default 4, at most {MAX_CONCURRENCY})")
+    p.add_argument("--stream", action="store_true",
+                   help="ask each provider for its stream and time it: ttft_ms, itl_ms, ...")
     p.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
                    help="per-request HTTP timeout (default 120)")
     p.add_argument("--out", "-o", metavar="FILE",
@@ -772,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
+    p.add_argument("--chunk-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds between the events of a streamed answer")
     p.set_defaults(func=cmd_serve_stub)
     return parser
 

@@ -33,7 +33,8 @@ def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def usage(results: pd.DataFrame) -> pd.DataFrame:
-    """Per provider: turns, errors, token sums and means, latency p50/p95, dollars.
+    """Per provider: turns, errors, token sums and means, latency p50/p95, dollars; for
+    streamed results also ttft/ttfb/itl/output tokens per second p50/p95 (`stream_latency`).
 
     `cost_usd` is the sum over answered turns, `cost_per_turn_usd` and
     `cost_per_1k_turns_usd` its mean per answered turn; NA when a model has no price.
@@ -53,10 +54,30 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     latency = groups["latency_ms"]
     table["latency_p50_ms"] = latency.quantile(0.5).round(1)
     table["latency_p95_ms"] = latency.quantile(0.95).round(1)
+    table = table.join(stream_latency(results))
     table["retries"] = groups["attempts"].apply(lambda s: int((s.fillna(1) - 1).clip(lower=0).sum()))
     if "cost_usd" in results:
         table = table.join(cost_table(results))
     table.index.name = "provider"
+    return table
+
+
+STREAM_STATS = (("ttft_ms", "ttft_{}_ms"), ("ttfb_ms", "ttfb_{}_ms"), ("itl_ms", "itl_{}_ms"),
+                ("output_tokens_per_s", "output_tokens_per_s_{}"))
+
+
+def stream_latency(results: pd.DataFrame) -> pd.DataFrame:
+    """Per provider, p50 and p95 of time to first token and byte, inter-token latency and
+    output tokens per second; no columns when no row was streamed (see harness.timings)."""
+    providers = list(dict.fromkeys(results["provider"]))
+    if "ttft_ms" not in results or not results["ttft_ms"].notna().any():
+        return pd.DataFrame(index=pd.Index(providers, name="provider"))
+    groups = results.groupby("provider", sort=False)
+    table = pd.DataFrame(index=pd.Index(providers, name="provider"))
+    for column, name in STREAM_STATS:
+        values = groups[column]
+        table[name.format("p50")] = values.quantile(0.5).round(1)
+        table[name.format("p95")] = values.quantile(0.95).round(1)
     return table
 
 

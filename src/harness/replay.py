@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from .datasets import Dataset, Turn, conversation_turns
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
+from .timings import Timings, columns, send_streamed
 from .tools import calls_json
 
 History = Literal["reference", "self", "auto"]
@@ -118,6 +120,8 @@ class _Exchange:
     latency_ms: float | None = None
     attempts: int = 0
     error: str | None = None
+    timings: Timings | None = None  # of a stream
+    timing: str | None = None  # live | recorded
 
 
 @dataclass
@@ -136,6 +140,9 @@ class Run:
     concurrency: int = 4
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
+    stream: bool = False  # ask every provider for its stream; harness stamps it as it arrives
+    # turns whose latency was measured by this run (`live`) or read from a cassette (`recorded`)
+    timing: Counter[str] = field(default_factory=Counter, repr=False)
     started: float = field(default_factory=time.time)  # mode `all` replaces what is older
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, str] = field(init=False, repr=False)
@@ -146,7 +153,8 @@ class Run:
     def __post_init__(self) -> None:
         # per provider, once rather than per turn: its URL as httpx sends it (so as it was
         # recorded), the keys to scrub from what it records, its adapter's parse_response
-        self.urls = {p.name: str(httpx.URL(p.url)) for p in self.providers}
+        self.urls = {p.name: str(httpx.URL(p.endpoint(self.stream or bool(p.params.get("stream")))))
+                     for p in self.providers}
         shared = known_secrets(self.providers)  # any key may be echoed by any server
         self.secrets = {p.name: shared for p in self.providers}
         # a request is looked up in its cassette as it was recorded: scrubbed
@@ -262,16 +270,22 @@ async def _call(
             failure = hit.transport_error()
             if failure is None:
                 answer = hit.status, RecordedHeaders(hit), hit.response_body
-                exchange.latency_ms = hit.latency_ms()
+                exchange.latency_ms, exchange.timings = hit.latency_ms(), hit.timings()
+                exchange.timing = "recorded" if exchange.latency_ms is not None else None
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends
             if limiter is not None:
                 await limiter.wait()
             request = httpx.Request("POST", url, headers=headers, content=content)
             started = time.perf_counter()
+            timings = body = None
             try:
-                response = await client.send(request)
-                await response.aread()
+                if run.stream:
+                    response, body, timings = await send_streamed(client, request,
+                                                                  provider.adapter, started)
+                else:
+                    response = await client.send(request)
+                    await response.aread()
             except httpx.TransportError as exc:
                 failure = scrub_text(f"{type(exc).__name__}: {exc}" if str(exc)
                                      else type(exc).__name__, run.secrets[provider.name])
@@ -279,8 +293,12 @@ async def _call(
                                         (time.perf_counter() - started) * 1000)
             else:
                 exchange.latency_ms = round((time.perf_counter() - started) * 1000, 1)
-                cassette.record(request, response, exchange.latency_ms)
-                answer = response.status_code, response.headers, response.content
+                if timings is not None:  # the stream's end is its latency
+                    exchange.latency_ms = timings.end
+                exchange.timings, exchange.timing = timings, "live"
+                cassette.record(request, response, exchange.latency_ms, body=body, timings=timings)
+                answer = (response.status_code, response.headers,
+                          response.content if body is None else body)
         elif attempt > 1:  # the recording gave up after fewer attempts than this run allows
             exchange.attempts = attempt - 1
             break
@@ -343,7 +361,7 @@ async def _replay_conversation(
                                           f"from the {run.history} history"))
                     continue
                 try:
-                    body = provider.build_body(prefix, run.params, turn.tools)
+                    body = provider.build_body(prefix, run.params, turn.tools, run.stream)
                 except ValueError as exc:  # a prompt this protocol cannot express
                     emit(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
@@ -352,6 +370,8 @@ async def _replay_conversation(
                 exchange = await _call(run, provider, cassette, url, headers, content,
                                        turn, limiters.get(provider.name))
                 result = _row(exchange, row, provider)
+                if exchange.timing is not None:
+                    run.timing[exchange.timing] += 1
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
                 if run.journaling:  # a row in the journal implies its recording is on disk
@@ -378,6 +398,10 @@ def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
     result.http_status = http_status
     result.latency_ms = exchange.latency_ms
     result.attempts = exchange.attempts
+    if exchange.latency_ms is not None:
+        for name, value in columns(exchange.timings, exchange.latency_ms,
+                                   result.output_tokens).items():
+            setattr(result, name, value)
     return result
 
 
@@ -398,8 +422,13 @@ async def replay_async(
     journal: str | Path | None = None,
     keep_journal: bool = False,
     started_at: float | None = None,
+    stream: bool = False,
 ) -> pd.DataFrame:
     """Replay `dataset` against `providers`; returns the results DataFrame.
+
+    `stream`: ask each provider for its stream; harness's transport stamps time to first
+    byte, token and content token, last token and end (`ttft_ms`, ...: see harness.timings),
+    keeps them in the cassette and reads them back on replay.
 
     With `journal`, every row is appended to that JSONL file as it completes; running
     again with the same journal resumes: turns already in it are not sent again. The
@@ -416,7 +445,7 @@ async def replay_async(
     check_params(params or {}, "params.")  # NaN is not JSON: never send it
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
               dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency),
-              started=time.time() if started_at is None else started_at)
+              stream=stream, started=time.time() if started_at is None else started_at)
     log = None
     secrets = known_secrets(run.providers)
     if journal is not None:
@@ -424,6 +453,7 @@ async def replay_async(
             "dataset": dataset.name, "conversations": len(dataset), "history": history,
             "providers": [p.model_dump(mode="json") for p in run.providers],
             "params": run.params, "record_mode": record_mode,
+            **({"stream": True} if stream else {}),
         }, secrets)
         run.done, run.journaling = log.done(), True
     check_ready(run, dataset.conversations)
@@ -477,6 +507,8 @@ async def replay_async(
                       {p.name: p for p in run.providers})
     frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
                                               run.params)
+    if stream:  # which stream timings this run measured, which it read back from cassettes
+        frame.attrs["run"].update(stream=stream, timing=dict(run.timing))
     if log is not None and not keep_journal:
         log.close(remove=True)
     return frame

@@ -43,6 +43,13 @@ class TurnResult:
     billed_output_tokens: int | None = None
     usage_raw: str | None = None  # the provider's own usage object, JSON text
     latency_ms: float | None = None
+    # latency (harness.timings): e2e = latency_ms; the rest from a stream's stamps
+    e2e_ms: float | None = None
+    ttfb_ms: float | None = None
+    ttft_ms: float | None = None
+    ttfc_ms: float | None = None
+    itl_ms: float | None = None
+    output_tokens_per_s: float | None = None
     status: str = "ok"          # ok | error | skipped
     http_status: int | None = None
     error: str | None = None
@@ -75,6 +82,7 @@ class TurnResult:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
+TIMING_COLUMNS = ("e2e_ms", "ttfb_ms", "ttft_ms", "ttfc_ms", "itl_ms", "output_tokens_per_s")
 TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "usage_raw")
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
@@ -83,6 +91,7 @@ DTYPES: dict[str, str] = {
     "http_status": "Int64",
     "attempts": "Int64",
     "latency_ms": "Float64",
+    **{c: "Float64" for c in TIMING_COLUMNS},
     "tool_call_match": "boolean",
     "cost_usd": "Float64",
 }
@@ -116,11 +125,14 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
 
 
 # columns added after results files were first written: an older file reads with them NA
-ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match")
+ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls", "tool_call_match",
+                 *TIMING_COLUMNS)
 
 
 def normalize(frame: pd.DataFrame) -> pd.DataFrame:
     """Coerce any frame with the result columns onto the documented dtypes."""
+    if "e2e_ms" not in frame.columns and "latency_ms" in frame.columns:  # the same measurement
+        frame = frame.assign(e2e_ms=frame["latency_ms"])
     frame = frame.assign(**{c: None for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:

@@ -7,7 +7,8 @@ message gets a tool call instead, in that protocol's shape: of the first offered
 name the last user message holds, else of the first tool, with each required parameter set
 to a placeholder of its type ("stub", 1, true, [], {}); after a tool result it answers text.
 Gemini is served at `/v1beta/models/{model}:generateContent` and, as SSE,
-`:streamGenerateContent?alt=sse`. With `fault_rate` it also misbehaves on a seeded
+`:streamGenerateContent?alt=sse`; a request with `stream: true` gets its protocol's stream
+(one event a word, `chunk_delay` seconds apart). With `fault_rate` it also misbehaves on a seeded
 share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
 timeout, a body cut short, invalid JSON), the way real APIs do.
 
@@ -149,17 +150,18 @@ def _gemini(body: dict, model: str, text: str, cut: bool, n_in: int, n_out: int,
     }
 
 
-def _gemini_stream(payload: dict) -> bytes:
-    """A generateContent reply as two SSE chunks: the parts first, then finish and usage."""
-    candidate = payload["candidates"][0]
-    first = {"candidates": [{"content": candidate["content"], "index": 0}],
-             "modelVersion": payload["modelVersion"], "responseId": payload["responseId"]}
-    last = {"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
-                            "finishReason": candidate["finishReason"], "index": 0}],
-            "usageMetadata": payload["usageMetadata"], "modelVersion": payload["modelVersion"],
-            "responseId": payload["responseId"]}
-    return b"".join(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\r\n\r\n"
-                    for c in (first, last))
+STREAM_TYPES = {"cohere-v1": "application/stream+json"}
+
+
+def stream_chunks(protocol: str, payload: dict, request: dict) -> list[bytes]:
+    """The stream saying what the reply `payload` says, in the protocol's own events, a word
+    an event (words stand in for tokens); OpenAI's usage chunk only when the request asks."""
+    adapter = protocol_module(protocol)
+    reply = adapter.parse_response(200, {}, json.dumps(payload).encode())
+    if protocol == "openai":
+        asked = bool((request.get("stream_options") or {}).get("include_usage"))
+        return adapter.stream_response(reply, usage=asked)
+    return adapter.stream_response(reply)
 
 
 PLACEHOLDERS = {"string": "stub", "integer": 1, "number": 1, "boolean": True, "array": [],
@@ -243,12 +245,14 @@ class StubServer:
 
     def __init__(self, port: int = 0, *, fault_rate: float = 0.0, seed: int = 0,
                  stall_seconds: float = 3.0, api_key: str | None = None, delay: float = 0.0,
-                 echo: int = 0):
-        """`echo` > 0: like a careless API, send back the last `echo` characters of every
-        credential the request carried (headers, cookie, query, body, Basic auth) in the
-        reply text or 401 message and in an `x-echo` header, to test the scrubber."""
+                 echo: int = 0, chunk_delay: float = 0.0):
+        """`chunk_delay`: seconds between the events of a streamed reply (asked for with
+        `stream: true`, or Gemini's streamGenerateContent). `echo` > 0: like a careless API,
+        send back the last `echo` characters of every credential the request carried
+        (headers, cookie, query, body, Basic auth) in the reply text or 401 message and in
+        an `x-echo` header, to test the scrubber."""
         self.fault_rate, self.stall_seconds, self.api_key = fault_rate, stall_seconds, api_key
-        self.delay, self.echo = delay, echo
+        self.delay, self.echo, self.chunk_delay = delay, echo, chunk_delay
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[dict] = []
@@ -299,6 +303,22 @@ class StubServer:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _send_stream(self, chunks: list[bytes], content_type: str,
+                             headers: dict[str, str]) -> None:
+                """Chunked transfer, `chunk_delay` between events: a paced stream."""
+                self.send_response(200)
+                self.send_header("content-type", content_type)
+                self.send_header("transfer-encoding", "chunked")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                for n, chunk in enumerate(chunks):
+                    if n and server.chunk_delay:
+                        time.sleep(server.chunk_delay)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
             def _error(self, status: int, message: str, headers: dict[str, str] | None = None):
                 body = {"error": {"message": message, "type": "stub_error"}}
@@ -385,9 +405,10 @@ class StubServer:
                 # some APIs echo credentials back; the stub does too, to test the scrubber
                 if server.api_key:
                     echo["x-echo-key"] = server.api_key
-                if gemini and gemini.group(2) == "streamGenerateContent":
-                    return self._send(200, _gemini_stream(payload),
-                                      {**echo, "content-type": "text/event-stream"})
+                protocol = PROTOCOLS[route]
+                if body.get("stream") is True or (gemini and gemini.group(2) == "streamGenerateContent"):
+                    return self._send_stream(stream_chunks(protocol, payload, body),
+                                             STREAM_TYPES.get(protocol, "text/event-stream"), echo)
                 return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), echo)
 
         return Handler
@@ -397,10 +418,12 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0, delay: float = 0.0) -> int:
+def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0, delay: float = 0.0,
+          chunk_delay: float = 0.0) -> int:
     """Run the stub in the foreground until Ctrl-C or SIGTERM."""
     signal.signal(signal.SIGTERM, _interrupt)
-    with StubServer(port, fault_rate=fault_rate, seed=seed, delay=delay) as stub:
+    with StubServer(port, fault_rate=fault_rate, seed=seed, delay=delay,
+                    chunk_delay=chunk_delay) as stub:
         print(f"stub server at {stub.base_url} (paths: {', '.join(ROUTES)})", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stub.thread.join()

@@ -8,7 +8,10 @@ Each wire protocol is one module here owning all of that protocol's JSON, as pur
     parse_response(status, headers, body) -> Reply     # body is the raw (decoded) bytes
 
 and a `PATH` appended to the provider's base URL (`{model}` in it is the provider's model;
-a `STREAM_PATH` is used instead when the params ask for `stream`). Nothing else knows a
+a `STREAM_PATH` is used instead when the params ask for `stream`). For streams, each also has
+`stream_request(body)` (the body asking for a stream), `token_kind(event)` (whether a stream
+event carries output: `content`, `reasoning` or None), `STREAM_NDJSON` (its framing) and
+`stream_response(reply)` (the stream the stub and the bridge send). Nothing else knows a
 provider's JSON.
 """
 
@@ -214,8 +217,12 @@ class Provider(BaseModel):
 
     @property
     def url(self) -> str:
+        return self.endpoint(bool(self.params.get("stream")))
+
+    def endpoint(self, stream: bool = False) -> str:
+        """The URL requests are POSTed to; `stream`: the protocol's streaming one, if it has one."""
         path = self.adapter.PATH
-        if self.params.get("stream") and hasattr(self.adapter, "STREAM_PATH"):
+        if stream and hasattr(self.adapter, "STREAM_PATH"):
             path = self.adapter.STREAM_PATH
         path, _, query = path.format(model=self.model).partition("?")
         url = urlsplit(join_url(self.base_url, path))
@@ -253,9 +260,10 @@ class Provider(BaseModel):
         return headers
 
     def build_body(self, messages: list, params: Mapping[str, Any] | None = None,
-                   tools: tuple = ()) -> dict:
+                   tools: tuple = (), stream: bool = False) -> dict:
         merged = {**self.params, **(params or {}), "model": self.model}
-        return self.adapter.build_request(messages, merged, tools)
+        body = self.adapter.build_request(messages, merged, tools)
+        return self.adapter.stream_request(body) if stream else body
 
 
 def _openai_compatible(name: str, base_url: str, model: str, key: str | None, **kw) -> Provider:

@@ -314,3 +314,61 @@ def error_text(status: int, body: bytes, data: Any = None) -> str:
 def error_reply(status: int, body: bytes, data: Any = None) -> Reply:
     """The Reply of a failed request: finish_reason `error` and a one-line message."""
     return Reply(finish_reason="error", error=error_text(status, body, data))
+
+
+# --- streams, as they arrive --------------------------------------------------------------------
+
+_SSE_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class StreamScanner:
+    """Complete events of a stream fed in arbitrary byte chunks, each as parsed JSON.
+
+    `ndjson`: one JSON value a line (Cohere v1), else SSE (`data:` lines, a blank line ends an
+    event; `[DONE]` and what is not JSON are left out: the adapter's parser judges the body).
+    """
+
+    def __init__(self, ndjson: bool = False):
+        self.ndjson, self.buffer = ndjson, b""
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        """The events that `chunk` completes."""
+        self.buffer += chunk
+        if self.ndjson:
+            *blocks, self.buffer = self.buffer.split(b"\n")
+        else:
+            *blocks, self.buffer = _SSE_END.split(self.buffer)
+        return [e for e in map(self._event, blocks) if e is not None]
+
+    def close(self) -> list[Any]:
+        """The last event, when the stream did not end in a separator."""
+        rest, self.buffer = self.buffer, b""
+        event = self._event(rest)
+        return [] if event is None else [event]
+
+    def _event(self, block: bytes) -> Any:
+        if self.ndjson:
+            payload = block
+        else:
+            payload = b"\n".join(line[5:].removeprefix(b" ")
+                                 for line in block.splitlines() if line.startswith(b"data:"))
+        if not payload.strip() or payload.strip() == b"[DONE]":
+            return None
+        try:
+            return orjson.loads(payload)
+        except ValueError:
+            return None
+
+
+def sse_bytes(events: Iterable[Any], names: bool = False) -> list[bytes]:
+    """Each event as SSE bytes (`event: <type>` first when `names`, as Anthropic sends)."""
+    out = []
+    for event in events:
+        head = f"event: {event['type']}\n".encode() if names else b""
+        out.append(head + b"data: " + orjson.dumps(event) + b"\n\n")
+    return out
+
+
+def words(text: str) -> list[str]:
+    """`text` cut after each run of spaces: the pieces a stub streams, one per token."""
+    return re.findall(r"\S+\s*|\s+", text) or [""]

@@ -44,7 +44,9 @@ from harness.providers._common import (
     passthrough,
     read_tools,
     request_params,
+    sse_bytes,
     sse_events,
+    words,
 )
 
 PATH = "/messages"
@@ -202,3 +204,56 @@ def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Repl
     if is_sse(body):
         return _from_stream(status, body, [data for _, data in sse_events(body)])
     return _from_message(status, body, load_json(body))
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+STREAM_NDJSON = False  # SSE
+
+
+def stream_request(body: dict) -> dict:
+    """`body` asking for a stream (usage comes in message_start and message_delta)."""
+    return {**body, "stream": True}
+
+
+def token_kind(event: Any) -> str | None:
+    """`content` or `reasoning` when a stream event carries output, else None."""
+    if dig(event, "type") != "content_block_delta":
+        return None
+    kind = dig(event, "delta", "type")
+    if kind == "thinking_delta":
+        return "reasoning"
+    return "content" if kind in ("text_delta", "input_json_delta") else None
+
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+                "content_filter": "refusal"}
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The SSE events of a streamed message saying what `reply` says, a word a delta."""
+    u = reply.usage
+    n_in = (u.input_tokens or 0) - (u.cached_input_tokens or 0) - (u.cache_write_input_tokens or 0)
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": {
+        "id": reply.response_id or "", "type": "message", "role": "assistant",
+        "model": reply.model or model or "", "content": [], "stop_reason": None,
+        "usage": {"input_tokens": n_in, "output_tokens": 1}}}]
+    if reply.tool_calls:
+        for i, c in enumerate(reply.tool_calls):
+            events += [{"type": "content_block_start", "index": i, "content_block": {
+                           "type": "tool_use", "id": c.id, "name": c.name, "input": {}}},
+                       {"type": "content_block_delta", "index": i, "delta": {
+                           "type": "input_json_delta", "partial_json": c.arguments}},
+                       {"type": "content_block_stop", "index": i}]
+    else:
+        events.append({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "text", "text": ""}})
+        events += [{"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}} for piece in words(reply.text)]
+        events.append({"type": "content_block_stop", "index": 0})
+    events += [{"type": "message_delta",
+                "delta": {"stop_reason": STOP_REASONS.get(reply.finish_reason, "end_turn"),
+                          "stop_sequence": None},
+                "usage": {"output_tokens": u.output_tokens}},
+               {"type": "message_stop"}]
+    return sse_bytes(events, names=True)

@@ -36,6 +36,7 @@ from harness.providers._common import (
     ndjson,
     passthrough,
     request_params,
+    words,
 )
 from harness.providers.cohere_v2 import FINISH_REASONS
 
@@ -248,3 +249,41 @@ def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Repl
     except ValueError:
         return _from_stream(status, body, ndjson(body))
     return _from_response(status, body, data)
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+STREAM_NDJSON = True  # `application/stream+json`: one JSON event a line
+
+
+def stream_request(body: dict) -> dict:
+    """`body` asking for a stream (usage comes in the final stream-end's response)."""
+    return {**body, "stream": True}
+
+
+def token_kind(event: Any) -> str | None:
+    """`content` when a stream event carries output (text or a tool call), else None."""
+    kind = dig(event, "event_type")
+    if kind == "text-generation":
+        return "content" if dig(event, "text") else None
+    return "content" if kind in ("tool-calls-chunk", "tool-calls-generation") else None
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The NDJSON events of a streamed v1 chat saying what `reply` says, a word an event."""
+    body = build_response(reply, model)
+    u = reply.usage
+    if u.billed_input_tokens is not None or u.billed_output_tokens is not None:
+        body["meta"]["billed_units"] = {"input_tokens": u.billed_input_tokens,
+                                        "output_tokens": u.billed_output_tokens}
+    events: list[dict[str, Any]] = [{"is_finished": False, "event_type": "stream-start",
+                                     "generation_id": body["response_id"]}]
+    if reply.tool_calls:
+        events.append({"is_finished": False, "event_type": "tool-calls-generation",
+                       "tool_calls": body["tool_calls"]})
+    else:
+        events += [{"is_finished": False, "event_type": "text-generation", "text": piece}
+                   for piece in words(reply.text)]
+    events.append({"is_finished": True, "event_type": "stream-end",
+                   "finish_reason": body["finish_reason"], "response": body})
+    return [json.dumps(e, ensure_ascii=False).encode() + b"\n" for e in events]

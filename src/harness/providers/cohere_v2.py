@@ -39,7 +39,9 @@ from harness.providers._common import (
     passthrough,
     read_tools,
     request_params,
+    sse_bytes,
     sse_events,
+    words,
 )
 
 PATH = "/chat"
@@ -202,3 +204,55 @@ def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Repl
     if is_sse(body):
         return _from_stream([data for _, data in sse_events(body)])
     return _from_message(status, body, load_json(body))
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+STREAM_NDJSON = False  # SSE
+
+
+def stream_request(body: dict) -> dict:
+    """`body` asking for a stream (usage comes in message-end)."""
+    return {**body, "stream": True}
+
+
+def token_kind(event: Any) -> str | None:
+    """`content` or `reasoning` (thinking, and the tool plan written before tool calls) when
+    a stream event carries output, else None."""
+    kind = dig(event, "type")
+    if kind == "content-delta":
+        content = dig(event, "delta", "message", "content")
+        if dig(content, "thinking"):
+            return "reasoning"
+        return "content" if dig(content, "text") else None
+    if kind == "tool-plan-delta":
+        return "reasoning"
+    return "content" if kind in ("tool-call-start", "tool-call-delta") else None
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The SSE events of a streamed v2 chat saying what `reply` says, a word a delta."""
+    body = build_response(reply, model)
+    u = reply.usage
+    if u.billed_input_tokens is not None or u.billed_output_tokens is not None:
+        body["usage"]["billed_units"] = {"input_tokens": u.billed_input_tokens,
+                                         "output_tokens": u.billed_output_tokens}
+    events: list[dict[str, Any]] = [{"type": "message-start", "id": body["id"],
+                                     "delta": {"message": {"role": "assistant"}}}]
+    if reply.tool_calls:
+        events += [{"type": "tool-plan-delta", "delta": {"message": {"tool_plan": piece}}}
+                   for piece in words(reply.text)] if reply.text else []
+        for i, call in enumerate(body["message"]["tool_calls"]):
+            events += [{"type": "tool-call-start", "index": i,
+                        "delta": {"message": {"tool_calls": call}}},
+                       {"type": "tool-call-end", "index": i}]
+    else:
+        events.append({"type": "content-start", "index": 0,
+                       "delta": {"message": {"content": {"type": "text", "text": ""}}}})
+        events += [{"type": "content-delta", "index": 0,
+                    "delta": {"message": {"content": {"text": piece}}}}
+                   for piece in words(reply.text)]
+        events.append({"type": "content-end", "index": 0})
+    events.append({"type": "message-end", "delta": {"finish_reason": body["finish_reason"],
+                                                    "usage": body["usage"]}})
+    return sse_bytes(events, names=True)

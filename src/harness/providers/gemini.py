@@ -43,7 +43,9 @@ from harness.providers._common import (
     make_usage,
     object_list,
     parts_text,
+    sse_bytes,
     sse_events,
+    words,
 )
 
 PATH = "/models/{model}:generateContent"
@@ -270,3 +272,44 @@ def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Repl
     if isinstance(data, Mapping) and "error" in data and "candidates" not in data:
         return error_reply(status, body, data)
     return _from_chunks(status, body, data if isinstance(data, list) else [data])
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+STREAM_NDJSON = False  # SSE (`alt=sse`)
+
+
+def stream_request(body: dict) -> dict:
+    """The body of a stream is the body of a reply: the stream is asked for by STREAM_PATH."""
+    return body
+
+
+def token_kind(event: Any) -> str | None:
+    """`content` or `reasoning` (thought parts) when a stream chunk carries output, else None."""
+    candidates = dig(event, "candidates") or [{}]
+    kind = None
+    for part in dig(candidates[0], "content", "parts") or []:
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("functionCall") or (part.get("text") and not part.get("thought")):
+            return "content"
+        if part.get("thought") and part.get("text"):
+            kind = "reasoning"
+    return kind
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The SSE chunks of streamGenerateContent saying what `reply` says, a word a chunk;
+    the last one carries the finish reason and the usage."""
+    body = build_response(reply, model)
+    candidate = body["candidates"][0]
+    head = {"modelVersion": body["modelVersion"],
+            **({"responseId": body["responseId"]} if "responseId" in body else {})}
+    parts = candidate["content"]["parts"]
+    pieces = [[p] for p in parts if "functionCall" in p] or [
+        [{"text": piece}] for piece in words(reply.text)]
+    chunks = [{"candidates": [{"content": {"role": "model", "parts": piece}, "index": 0}], **head}
+              for piece in pieces]
+    chunks[-1]["candidates"][0]["finishReason"] = candidate["finishReason"]
+    chunks[-1]["usageMetadata"] = body["usageMetadata"]
+    return sse_bytes(chunks)

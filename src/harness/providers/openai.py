@@ -41,7 +41,9 @@ from harness.providers._common import (
     passthrough,
     read_tools,
     request_params,
+    sse_bytes,
     sse_events,
+    words,
 )
 
 PATH = "/chat/completions"
@@ -211,3 +213,48 @@ def parse_response(status: int, headers: Mapping[str, str], body: bytes) -> Repl
     if is_sse(body):
         return _from_stream(status, body, [data for _, data in sse_events(body)])
     return _from_completion(status, body, load_json(body))
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+STREAM_NDJSON = False  # SSE
+
+
+def stream_request(body: dict) -> dict:
+    """`body` asking for a stream whose last chunk carries the usage."""
+    return {**body, "stream": True, "stream_options": {"include_usage": True}}
+
+
+def token_kind(event: Any) -> str | None:
+    """`content` or `reasoning` when a stream chunk carries output, else None."""
+    for choice in dig(event, "choices") or []:
+        delta = dig(choice, "delta") or {}
+        if delta.get("content") or delta.get("tool_calls"):
+            return "content"
+        if delta.get("reasoning_content") or delta.get("reasoning"):
+            return "reasoning"
+    return None
+
+
+def stream_response(reply: Reply, model: str | None = None, usage: bool = True) -> list[bytes]:
+    """The SSE chunks of a streamed completion saying what `reply` says, a word a chunk."""
+    head = {"id": reply.response_id or "", "object": "chat.completion.chunk",
+            "created": 1767225600, "model": reply.model or model or ""}
+    chunks: list[dict[str, Any]] = []
+    if reply.tool_calls:
+        chunks.append({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+            {"index": i, "id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}}
+            for i, c in enumerate(reply.tool_calls)]}, "finish_reason": None}]})
+    else:
+        chunks += [{**head, "choices": [{"index": 0, "delta": {"content": piece},
+                                         "finish_reason": None}]} for piece in words(reply.text)]
+    finish = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+              "content_filter": "content_filter"}.get(reply.finish_reason, "stop")
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    if usage:
+        u = reply.usage
+        chunks.append({**head, "choices": [], "usage": {
+            "prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+            "total_tokens": u.total_tokens}})
+    return sse_bytes(chunks) + [b"data: [DONE]\n\n"]
