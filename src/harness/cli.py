@@ -92,7 +92,7 @@ def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: in
                 index: bool = False) -> None:
     """A DataFrame as a rich table: texts cut with "…", numbers never cut or folded."""
     table = Table(title=title, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
-                  header_style="bold")
+                  header_style="bold", min_width=min(len(title), console.width))  # title: 1 line
     frame = frame.reset_index() if index else frame
     cells = [[_cell(v, max_chars) for v in row] for row in frame.itertuples(index=False)]
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) or bool(cells) and all(

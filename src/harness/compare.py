@@ -24,7 +24,10 @@ def side_by_side(results: pd.DataFrame, column: str = "response") -> pd.DataFram
 
 def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
     """Provider x canonical finish reason counts (skipped turns counted as `skipped`)."""
-    reason = results["finish_reason"].fillna(results["status"])
+    skipped = results["status"].eq("skipped").fillna(False).astype(bool)
+    # a row with no reason that was not skipped (a hand-made or imported one) is `other`
+    reason = results["finish_reason"].mask(results["finish_reason"].isna() & skipped, "skipped")
+    reason = reason.fillna("other")
     table = pd.crosstab(results["provider"], reason)
     present = [r for r in (*FINISH_REASONS, "skipped") if r in table.columns]
     table = table.reindex(columns=present + [c for c in table.columns if c not in present])

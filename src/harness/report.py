@@ -39,8 +39,10 @@ def plot_tokens(results: pd.DataFrame, ax=None):
     ok = results[results["output_tokens"].notna()]
     providers = list(dict.fromkeys(ok["provider"]))
     ax = _axes(ax, len(providers))
-    if not providers:  # nothing reported output tokens: an empty chart, not a crash
-        ax.set(xlabel="output tokens per turn", title="Reply length (no token counts)")
+    if not providers:  # every turn failed: nothing to draw, but the page is still wanted
+        ax.text(0.5, 0.5, "no row has output tokens", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set(title="Reply length")
         return ax
     ax.boxplot([ok.loc[ok["provider"] == p, "output_tokens"].astype(float) for p in providers],
                orientation="horizontal", tick_labels=providers)
