@@ -70,8 +70,8 @@ class AdaptiveConcurrency:
                 self._done.popleft()
             self.window = min(float(self.ceiling),
                               self.window + (1.0 if self.slow_start else 1.0 / self.window))
-            if self.pace:
-                self.pace += 1.0 / self.pace  # +1 request/s every second without a refusal
+            if self.pace:  # probe: +1% a second at any rate, so a cut is ~10 s away
+                self.pace += 0.01
         async with self._free:
             self.in_flight -= 1
             self._free.notify_all()
