@@ -267,14 +267,23 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
     return load_providers_file(default) if default.exists() else {}
 
 
+def _concurrency(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         results.check_format(args.out)
         check_output(args.out, [args.dataset, args.answers, args.tools])
         check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers, args.tools])
-    if args.concurrency < 1:
+    if args.concurrency != "auto" and args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
-    if args.concurrency > MAX_CONCURRENCY:
+    if args.concurrency != "auto" and args.concurrency > MAX_CONCURRENCY:
         raise UsageError(f"--concurrency {args.concurrency} is too many "
                          f"(expected at most {MAX_CONCURRENCY} conversations at once)")
     dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools)
@@ -517,8 +526,15 @@ def cmd_providers(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_stub(args: argparse.Namespace) -> int:
-    from .stub_server import serve
+    from .stub_server import serve, serve_async
 
+    if args.asyncio:
+        if args.fault_rate:
+            raise UsageError("--fault-rate is not served with --asyncio (expected one of them)")
+        if args.latency_ms < 0 or args.jitter_ms < 0 or (args.rate is not None and args.rate <= 0):
+            raise UsageError("--latency-ms and --jitter-ms must be >= 0 and --rate > 0")
+        return serve_async(args.port, args.delay + args.latency_ms / 1000,
+                           args.jitter_ms / 1000, args.rate, args.seed)
     return serve(args.port, args.fault_rate, args.seed, args.delay, args.chunk_delay)
 
 
@@ -685,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, metavar="N")
     p.add_argument("--temperature", type=float, metavar="T")
     p.add_argument("--seed", type=int, metavar="S")
-    p.add_argument("--concurrency", type=int, default=4, metavar="N",
-                   help=f"conversations in flight at once (default 4, at most {MAX_CONCURRENCY})")
+    p.add_argument("--concurrency", type=_concurrency, default=4, metavar="N",
+                   help=f"conversations in flight at once (default 4, at most {MAX_CONCURRENCY}),"
+                        " or auto: grow while calls succeed, halve on 429/503/529 (AIMD)")
     p.add_argument("--stream", action="store_true",
                    help="ask each provider for its stream and time it: ttft_ms, itl_ms, ...")
     p.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
@@ -791,6 +808,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
     p.add_argument("--chunk-delay", type=float, default=0.0, metavar="SECONDS",
                    help="seconds between the events of a streamed answer")
+    p.add_argument("--asyncio", action="store_true",
+                   help="serve on asyncio with keep-alive (for load; no --fault-rate)")
+    p.add_argument("--latency-ms", type=float, default=0.0, metavar="MS",
+                   help="with --asyncio: milliseconds before each answer")
+    p.add_argument("--jitter-ms", type=float, default=0.0, metavar="MS",
+                   help="with --asyncio: latency varies by up to this much either way")
+    p.add_argument("--rate", type=float, metavar="R",
+                   help="with --asyncio: answer at most R requests a second, 429 beyond")
     p.set_defaults(func=cmd_serve_stub)
     return parser
 

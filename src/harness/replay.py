@@ -47,6 +47,7 @@ from .cassettes import (
 )
 from .costs import add_costs
 from .datasets import Dataset, Turn, conversation_turns
+from .limits import AdaptiveConcurrency, Gate, TokenLimiter
 from .messages import AssistantMessage, Conversation, Message, Reply
 from .providers import Provider, ProviderConfigError, check_params, known_secrets
 from .results import TurnResult
@@ -55,6 +56,7 @@ from .tools import calls_json
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
+AUTO_CEILING = 1024  # conversations in flight with concurrency "auto"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _BODY_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps's, made once
 
@@ -138,6 +140,7 @@ class Run:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 120.0
     concurrency: int = 4
+    adaptive: bool = False  # `concurrency` is then the ceiling of an AIMD window per provider
     done: Mapping[tuple[str, str], Mapping[int, TurnResult]] = field(default_factory=dict)
     journaling: bool = False
     stream: bool = False  # ask every provider for its stream; harness stamps it as it arrives
@@ -248,7 +251,7 @@ def _prefix(
 
 async def _call(
     run: Run, provider: Provider, cassette: Cassette,
-    url: str, headers: dict[str, str], content: bytes, turn: Turn, limiter: _RateLimiter | None,
+    url: str, headers: dict[str, str], content: bytes, turn: Turn, limiter: Gate | None,
 ) -> _Exchange:
     """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
 
@@ -266,6 +269,7 @@ async def _call(
         answer: tuple[int, Mapping[str, str], bytes] | None = None
         failure: str | None = None  # the attempt got no HTTP answer
         hit = cassette.take("POST", match_url, match_body)
+        ticket = None
         if hit is not None:
             failure = hit.transport_error()
             if failure is None:
@@ -274,8 +278,7 @@ async def _call(
                 exchange.timing = "recorded" if exchange.latency_ms is not None else None
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends
-            if limiter is not None:
-                await limiter.wait()
+            ticket = await limiter.enter(content) if limiter is not None else None
             request = httpx.Request("POST", url, headers=headers, content=content)
             started = time.perf_counter()
             timings = body = None
@@ -320,6 +323,8 @@ async def _call(
             exchange.status = exchange.reply = None
             exchange.error = failure
             retriable = True
+        if ticket is not None:
+            await _leave(limiter, ticket, exchange, response)
         if not retriable or attempt == run.retry.attempts:
             break
         if hit is None:  # a replayed retry need not wait: the recording already did
@@ -327,9 +332,32 @@ async def _call(
     return exchange
 
 
+async def _leave(gate: Gate, ticket: tuple[float, float], exchange: _Exchange,
+                 response: httpx.Response | None) -> None:
+    usage = exchange.reply.usage if exchange.reply is not None else None
+    used = None
+    if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
+        used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+    hinted = _retry_after(response) if response is not None else None
+    await gate.leave(ticket, exchange.status, used, hinted)
+
+
+def gates(providers: Sequence[Provider], adaptive_ceiling: int | None) -> dict[str, Gate]:
+    """Per provider, the limits its live calls pass: requests/min, tokens/min and, with
+    `adaptive_ceiling`, an AIMD window of calls in flight (up to that many)."""
+    out = {}
+    for p in providers:
+        gate = Gate(_RateLimiter(p.rate_limit).wait if p.rate_limit else None,
+                    TokenLimiter(p.token_limit) if p.token_limit else None,
+                    AdaptiveConcurrency(ceiling=adaptive_ceiling) if adaptive_ceiling else None)
+        if gate.rate or gate.tokens or gate.adaptive:
+            out[p.name] = gate
+    return out
+
+
 async def _replay_conversation(
     run: Run, conversation: Conversation,
-    limiters: dict[str, _RateLimiter], emit: Callable[..., None],
+    limiters: dict[str, Gate], emit: Callable[..., None],
 ) -> None:
     turns = conversation_turns(conversation)
 
@@ -414,7 +442,7 @@ async def replay_async(
     cassette_dir: str | Path = "cassettes",
     serializer: str = "yaml",
     params: dict[str, Any] | None = None,
-    concurrency: int = 4,
+    concurrency: int | Literal["auto"] = 4,
     retry: RetryPolicy | None = None,
     timeout: float = 120.0,
     progress: bool = True,
@@ -423,6 +451,7 @@ async def replay_async(
     keep_journal: bool = False,
     started_at: float | None = None,
     stream: bool = False,
+    max_concurrency: int = AUTO_CEILING,
 ) -> pd.DataFrame:
     """Replay `dataset` against `providers`; returns the results DataFrame.
 
@@ -433,9 +462,10 @@ async def replay_async(
     With `journal`, every row is appended to that JSONL file as it completes; running
     again with the same journal resumes: turns already in it are not sent again. The
     journal is removed once the run has finished, unless `keep_journal` (the caller
-    removes it once the results are safely written). `started_at` (default: now) is when
-    the run began: record mode `all` replaces what was recorded before it, and keeps what
-    another process records into the same cassettes meanwhile.
+    removes it once the results are safely written). `concurrency="auto"` adapts the calls
+    in flight to what each provider accepts (AIMD, up to `max_concurrency`). `started_at`
+    (default: now) is when the run began: record mode `all` replaces what was recorded
+    before it, and keeps what another process records into the same cassettes meanwhile.
     """
     if history not in HISTORY_MODES:
         raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
@@ -443,8 +473,12 @@ async def replay_async(
     if len(set(names)) != len(names):  # their rows would collide after the run, not before
         raise ValueError(f"a provider is named more than once: {', '.join(names)}")
     check_params(params or {}, "params.")  # NaN is not JSON: never send it
+    adaptive = concurrency == "auto"
+    if not adaptive and not isinstance(concurrency, int):
+        raise ValueError(f"concurrency must be a number or 'auto', got {concurrency!r}")
     run = Run(dataset, list(providers), history, record_mode, Path(cassette_dir), serializer,
-              dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency),
+              dict(params or {}), retry or RetryPolicy(), timeout,
+              max(1, max_concurrency if adaptive else concurrency), adaptive,
               stream=stream, started=time.time() if started_at is None else started_at)
     log = None
     secrets = known_secrets(run.providers)
@@ -461,7 +495,7 @@ async def replay_async(
                for p in run.providers]
     if record_mode == "all":  # an interrupted re-recording is continued, not begun again
         run.started = min([begin_rerecording(f, run.started) for f in folders], default=run.started)
-    limiters = {p.name: _RateLimiter(p.rate_limit) for p in run.providers if p.rate_limit}
+    limiters = gates(run.providers, run.concurrency if run.adaptive else None)
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
     from tqdm import tqdm  # text, not a widget: a saved notebook keeps the final count

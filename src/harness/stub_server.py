@@ -17,8 +17,10 @@ timeout, a body cut short, invalid JSON), the way real APIs do.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import json
 import random
@@ -427,4 +429,155 @@ def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0, delay: float
         print(f"stub server at {stub.base_url} (paths: {', '.join(ROUTES)})", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stub.thread.join()
+    return 0
+
+
+def answer(path: str, raw: bytes) -> tuple[int, bytes, str]:
+    """(status, body, content type) of the stub's fault-free answer to a POST of `raw`."""
+    route = _route(path)
+    if route is None:
+        return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode(), \
+            "application/json"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return 400, b'{"error": {"message": "request body is not JSON"}}', "application/json"
+    gemini = _GEMINI.match(path.split("?")[0])
+    model = gemini.group(1) if gemini else str(body.get("model") or "stub")
+    users, everything = _user_texts(path, body)
+    call = _tool_call(PROTOCOLS[route], body, users)
+    if call is None and (not users or not users[-1]):
+        return 400, b'{"error": {"message": "the last message must be a non-empty user ' \
+            b'message"}}', "application/json"
+    max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens") \
+        if gemini else body.get("max_tokens")
+    payload = route(body, model, *compose_reply(model, users, everything, max_tokens), call)
+    protocol = PROTOCOLS[route]
+    if body.get("stream") is True or (gemini and gemini.group(2) == "streamGenerateContent"):
+        return 200, b"".join(stream_chunks(protocol, payload, body)), \
+            STREAM_TYPES.get(protocol, "text/event-stream")
+    return 200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json"
+
+
+class AsyncStubServer:
+    """The stub on asyncio, for load: thousands of keep-alive connections, each answer after
+    `latency` seconds (+/- up to `jitter`), and with `rate` at most that many answers a second
+    (a sliding one-second window; beyond it 429 with the Retry-After that frees a slot), as a
+    provider's rate limit does. Run it in its own process (`serve-stub --asyncio`) to
+    measure the client, or in a background thread: `with AsyncStubServer() as s: s.base_url`.
+    """
+
+    def __init__(self, port: int = 0, *, latency: float = 0.0, jitter: float = 0.0,
+                 rate: float | None = None, seed: int = 0):
+        self.requested_port, self.latency, self.jitter, self.rate = port, latency, jitter, rate
+        self.random = random.Random(seed)
+        self.answered = 0  # 200s
+        self.refused = 0  # 429s
+        self.bodies: list[bytes] = []  # every answered request body, in order
+        self.port = 0
+        self._window: collections.deque[float] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _admit(self) -> float | None:
+        """None when a request may be answered now, else the seconds until one may."""
+        if self.rate is None:
+            return None
+        now = time.monotonic()
+        while self._window and self._window[0] <= now - 1.0:
+            self._window.popleft()
+        if len(self._window) >= self.rate:
+            return self._window[0] + 1.0 - now
+        self._window.append(now)
+        return None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = lines[0].split(" ")[:2]
+                headers = {k.strip().lower(): v.strip() for k, _, v in
+                           (line.partition(":") for line in lines[1:] if line)}
+                raw = await reader.readexactly(int(headers.get("content-length") or 0))
+                extra = ""
+                if method == "GET":
+                    status, payload, kind = 200, b'{"status":"ok"}', "application/json"
+                elif (wait := self._admit()) is not None:
+                    self.refused += 1
+                    status, kind = 429, "application/json"
+                    payload = b'{"error": {"message": "rate limited", "type": "stub_error"}}'
+                    extra = f"retry-after: {max(wait, 0.001):.3f}\r\n"
+                else:
+                    if self.latency or self.jitter:
+                        await asyncio.sleep(max(0.0, self.latency + self.random.uniform(
+                            -self.jitter, self.jitter)))
+                    status, payload, kind = answer(path, raw)
+                    if status == 200:
+                        self.answered += 1
+                        self.bodies.append(raw)
+                writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+                             f"content-type: {kind}\r\ncontent-length: {len(payload)}\r\n"
+                             f"{extra}\r\n".encode() + payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, ValueError):
+            return
+        finally:
+            writer.close()
+
+    async def start(self) -> asyncio.Server:
+        """Listen on 127.0.0.1 in the running loop."""
+        server = await asyncio.start_server(self._serve, "127.0.0.1", self.requested_port,
+                                            backlog=4096, limit=1 << 22)
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    def __enter__(self) -> AsyncStubServer:
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            server = self._loop.run_until_complete(self.start())
+            self._ready.set()
+            self._loop.run_forever()
+            server.close()
+            self._loop.run_until_complete(server.wait_closed())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+
+def serve_async(port: int = 8099, latency: float = 0.0, jitter: float = 0.0,
+                rate: float | None = None, seed: int = 0) -> int:
+    """Run the asyncio stub in the foreground until Ctrl-C or SIGTERM."""
+    stub = AsyncStubServer(port, latency=latency, jitter=jitter, rate=rate, seed=seed)
+
+    async def main() -> None:
+        server = await stub.start()
+        print(f"stub server at {stub.base_url} (asyncio; paths: {', '.join(ROUTES)})",
+              flush=True)
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        async with server:
+            await stop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
     return 0

@@ -151,6 +151,7 @@ class Provider(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     rate_limit: float | None = Field(default=None, description="requests per minute")
+    token_limit: float | None = Field(default=None, description="tokens per minute")
     description: str = ""
     prices: dict[str, float] | None = Field(default=None, description="$ per million tokens")
 
@@ -192,6 +193,13 @@ class Provider(BaseModel):
     def _positive_rate(cls, value: float | None) -> float | None:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"expected requests per minute > 0, got {value!r}")
+        return value
+
+    @field_validator("token_limit")
+    @classmethod
+    def _positive_tokens(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"expected tokens per minute > 0, got {value!r}")
         return value
 
     @field_validator("prices")

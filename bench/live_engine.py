@@ -1,0 +1,140 @@
+"""The live engine against a latency-injecting server: how near the ideal wall it stays.
+
+    python bench/live_engine.py [--conversations 2000] [--turns 4] [--latency-ms 100]
+        [--jitter-ms 0] [--concurrency 16,64,256,1024] [--client httpx|httpx2]
+    python bench/live_engine.py --rate 200 [--conversations 300 --turns 4]   # rate limit
+
+The asyncio stub (`harness serve-stub --asyncio`) runs in its own process on 127.0.0.1 and
+answers each call after `--latency-ms` (+/- `--jitter-ms`). Each concurrency C runs in a fresh
+child process (so CPU time and peak memory are its own): N conversations x T turns with
+`history="self"` recorded into a temporary folder, then replayed offline from it. Printed per
+C: wall, the ideal wall T x L x ceil(N / C) (a conversation's turns go in order), their ratio,
+harness CPU per live turn (process CPU time), CPU per offline turn, peak RSS.
+
+With `--rate R` the server answers at most R requests a second (429 + Retry-After beyond) and
+the run uses `concurrency="auto"`: printed are achieved requests/s against R, the share of
+calls answered 429, error rows, and whether every turn came back exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def dataset(conversations: int, turns: int):
+    from harness.datasets import from_records
+
+    return from_records([
+        {"id": f"c{c:05d}", "messages": [
+            {"role": "user", "content": f"Conversation {c}, question {t}: what is {c} plus {t}?"}
+            for t in range(1, turns + 1)]}
+        for c in range(conversations)], name="bench-engine")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measured run; prints its figures as one JSON line."""
+    if args.client == "httpx2":  # same API: every `import httpx` in harness gets httpx2
+        import httpx2
+
+        sys.modules["httpx"] = httpx2
+    from harness import RetryPolicy, replay
+    from harness.providers import Provider
+
+    data = dataset(args.conversations, args.turns)
+    provider = Provider(name="stub", protocol="openai", base_url=f"{args.url}/v1",
+                        model="stub-gpt", params={"max_tokens": 40})
+    concurrency = "auto" if args.one == "auto" else int(args.one)
+    retry = RetryPolicy(attempts=10, base=0.05, max_wait=5.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu, wall = time.process_time(), time.perf_counter()
+        frame = replay(data, [provider], history="self", record_mode="all", cassette_dir=tmp,
+                       serializer="json", concurrency=concurrency, progress=False, retry=retry,
+                       timeout=60)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        offline_cpu = time.process_time()
+        offline = replay(data, [provider], history="self", cassette_dir=tmp, serializer="json",
+                         concurrency=concurrency, progress=False, retry=retry)
+        offline_cpu = time.process_time() - offline_cpu
+    turns = len(frame)
+    print(json.dumps({
+        "wall": wall, "cpu_turn_ms": cpu / turns * 1000,
+        "offline_turn_ms": offline_cpu / len(offline) * 1000,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "turns": turns, "expected": args.conversations * args.turns,
+        "errors": int((frame["status"] != "ok").sum()),
+        "duplicates": int(frame.duplicated(["conversation_id", "turn", "provider"]).sum()),
+        "refused": int((frame["attempts"] - 1).sum()),
+    }))
+
+
+def start_stub(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "harness", "serve-stub", "--asyncio", "--port", "0",
+               "--latency-ms", str(args.latency_ms), "--jitter-ms", str(args.jitter_ms)]
+    if args.rate:
+        command += ["--rate", str(args.rate)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # "stub server at http://127.0.0.1:PORT (...)"
+    return proc, line.split()[3]
+
+
+def run_one(args: argparse.Namespace, url: str, concurrency: str) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", concurrency, "--url", url,
+               "--conversations", str(args.conversations), "--turns", str(args.turns),
+               "--client", args.client]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=2000)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--concurrency", default="16,64,256,1024")
+    parser.add_argument("--client", choices=("httpx", "httpx2"), default="httpx")
+    parser.add_argument("--rate", type=float, help="server limit, requests/s (runs auto)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return child(args)
+    stub, url = start_stub(args)
+    try:
+        n, t, latency = args.conversations, args.turns, args.latency_ms / 1000
+        print(f"live engine: {n} conversations x {t} turns, latency {args.latency_ms:g} ms "
+              f"+/- {args.jitter_ms:g} ms, client {args.client}, stub in its own process")
+        if args.rate:
+            r = run_one(args, url, "auto")
+            achieved = r["turns"] / r["wall"]
+            calls = r["turns"] + r["refused"]
+            print(f"rate limit {args.rate:g}/s, concurrency auto: {r['wall']:.2f} s, achieved "
+                  f"{achieved:.1f} turns/s = {achieved / args.rate:.1%} of the limit, "
+                  f"429s {r['refused']} of {calls} calls = {r['refused'] / calls:.2%}, "
+                  f"errors {r['errors']}, turns {r['turns']}/{r['expected']}, "
+                  f"duplicates {r['duplicates']}")
+            return
+        print(f"{'C':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6} {'CPU/turn ms':>11} "
+              f"{'offline/turn ms':>15} {'peak MB':>8} {'ok':>11}")
+        for c in args.concurrency.split(","):
+            r = run_one(args, url, c)
+            ideal = t * latency * math.ceil(n / int(c))
+            ok = f"{r['turns'] - r['errors']}/{r['expected']}"
+            print(f"{c:>5} {r['wall']:>8.2f} {ideal:>8.2f} {r['wall'] / ideal:>5.2f}x "
+                  f"{r['cpu_turn_ms']:>11.3f} {r['offline_turn_ms']:>15.3f} "
+                  f"{r['peak_mb']:>8.0f} {ok:>11}", flush=True)
+    finally:
+        stub.terminate()
+        stub.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
