@@ -155,3 +155,24 @@ def test_bad_dask_flags_are_one_line_and_exit_2(small_dataset_file, tmp_path, ca
                  str(tmp_path), "--no-progress", *flags])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_replay_scheduler_uses_a_running_cluster(client, small_dataset_file, tmp_path):
+    folder, out = tmp_path / "cassettes", tmp_path / "out.parquet"
+    with StubServer() as stub:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            f'[providers.stub]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\n'
+            f'model = "stub-gpt"\n')
+        one = replay(str(small_dataset_file), "stub", providers_file=providers,
+                     record_mode="once", cassette_dir=folder, progress=False)
+    # the stub is gone: the cluster replays offline what one process recorded
+    assert main(["replay", str(small_dataset_file), "-p", "stub", "--providers-file",
+                 str(providers), "--cassettes", str(folder), "--no-progress",
+                 "--scheduler", client.scheduler.address, "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(results.load(out), results.load(_saved(one, tmp_path)))
+    assert len(client.scheduler_info()["workers"]) == 2  # the cluster outlives the command
+
+
+def _saved(frame: pd.DataFrame, folder: Path) -> Path:
+    return results.save(frame, folder / "one.parquet")
