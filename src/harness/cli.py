@@ -508,7 +508,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     out = args.out
     inputs = [*args.results, *([args.baseline] if args.baseline else [])]
-    check_output(out, inputs, force=args.force, flag="--out")
+    check_output(out, inputs, force=args.force, flag="--html" if args.command == "report" else "--out")
     runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
     title = args.title or "harness view"
