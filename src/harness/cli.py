@@ -256,8 +256,8 @@ def _user_providers(path: str | None) -> dict[str, Provider]:
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         results.check_format(args.out)
-        check_output(args.out, [args.dataset, args.answers])
-        check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers])
+        check_output(args.out, [args.dataset, args.answers, args.tools])
+        check_output(f"{args.out}.journal.jsonl", [args.dataset, args.answers, args.tools])
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.concurrency > MAX_CONCURRENCY:
@@ -506,9 +506,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from .view import write_view
 
-    out = args.out
-    inputs = [*args.results, *([args.baseline] if args.baseline else [])]
-    check_output(out, inputs, force=args.force, flag="--html" if args.command == "report" else "--out")
+    out = check_output(args.out, [*args.results, args.baseline], force=args.force,
+                       flag=args.out_flag)
     runs = [(name, results.load(name)) for name in args.results]
     baseline = results.load(args.baseline) if args.baseline else None
     title = args.title or "harness view"
@@ -613,6 +612,7 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.out:
         foreign.check_suffix(args.out, "table")
+        check_output(args.out, args.cassettes)
     frame = foreign.inspect_cassettes(args.cassettes)
     console = _console()
     files = frame["file"].nunique()
@@ -783,15 +783,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the page (default: view.html)")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=cmd_view, out_flag="--out")
 
     p = sub.add_parser("report", help="the `view` page of one results file (kept for old scripts)")
     p.add_argument("results", nargs=1)
     p.add_argument("--html", dest="out", required=True, metavar="FILE", help="where to write the page")
     p.add_argument("--baseline", metavar="RESULTS", help="also show what changed against this run")
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--force", action="store_true", help="replace --html if it exists")
     p.add_argument("--title")
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=cmd_view, out_flag="--html")
 
     p = with_common(sub.add_parser("providers", help="list providers, keys and cassettes"))
     p.set_defaults(func=cmd_providers)

@@ -15,7 +15,6 @@ from decimal import Decimal
 from importlib.metadata import version
 from urllib.parse import urlsplit
 
-import genai_prices
 import pandas as pd
 
 from .providers import PRESETS, Provider
@@ -52,6 +51,9 @@ def pricing(provider: Provider | None, model: str | None) -> Pricing:
     model = model or (provider.model if provider is not None else None)
     api_url = provider.base_url if provider is not None else None
     if model:
+        import genai_prices  # here: its price tables take seconds to import, and a replay of
+        # local models (or `harness --help`) never needs them
+
         try:
             genai_prices.calc_price(genai_prices.Usage(input_tokens=0), model,
                                     provider_api_url=api_url)
@@ -84,6 +86,8 @@ def _priced(parts: pd.DataFrame, how: Pricing, api_url: str | None) -> pd.Series
         out[known] = 0.0
         return out
     if how.source == "genai-prices":
+        import genai_prices
+
         calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=0), how.model,
                                        provider_api_url=api_url)
         price = calc.model_price
@@ -129,6 +133,8 @@ def _flat_rates(price: object) -> dict[str, float] | None:
 
 
 def _priced_by_row(parts: pd.DataFrame, known: pd.Series, price, out: pd.Series) -> pd.Series:
+    import genai_prices
+
     cache: dict[tuple[int, int, int, int], float] = {}
     values = []
     for key in parts[known].astype("int64").itertuples(index=False, name=None):

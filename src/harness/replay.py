@@ -458,7 +458,8 @@ async def replay_async(
         for conversation in queue:
             await _replay_conversation(run, conversation, limiters, emit)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(run.concurrency)]
+    workers = min(run.concurrency, max(1, len(dataset.conversations)))  # no idle worker
+    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
     try:
         await asyncio.gather(*tasks)
     except BaseException as exc:

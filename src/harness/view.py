@@ -53,8 +53,8 @@ def _table(frame: pd.DataFrame) -> dict[str, Any]:
 
 def _extra_columns(frame: pd.DataFrame) -> list[str]:
     """Numeric columns beyond the base set (cost, scores, ...): shown wherever they exist."""
-    return [c for c in frame.columns if c not in COLUMNS and c not in ROW_COLUMNS
-            and pd.api.types.is_numeric_dtype(frame[c])]
+    return [c for c in frame.columns if c not in ROW_COLUMNS and pd.api.types.is_numeric_dtype(
+        frame[c]) and (c not in COLUMNS or c.startswith("cost"))]
 
 
 def _sent(conversation: Conversation, turns: list[Turn], history: str,

@@ -217,7 +217,9 @@ class Provider(BaseModel):
         path = self.adapter.PATH
         if self.params.get("stream") and hasattr(self.adapter, "STREAM_PATH"):
             path = self.adapter.STREAM_PATH
-        return join_url(self.base_url, path.format(model=self.model))
+        path, _, query = path.format(model=self.model).partition("?")
+        url = urlsplit(join_url(self.base_url, path))
+        return urlunsplit(url._replace(query="&".join(q for q in (query, url.query) if q)))
 
     @property
     def display_url(self) -> str:
