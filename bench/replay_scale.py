@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/replay_scale.py                       # 1k, 10k, 100k turns (~12 min)
     .venv/bin/python bench/replay_scale.py --sizes 1000,10000    # a quick run
+    .venv/bin/python bench/replay_scale.py --sizes 100000 --formats json --vcrpy-max 0
+        # 100k turns in one process and on 2 Dask workers (--dask-workers N, --dask-1m)
     .venv/bin/python bench/replay_scale.py --cap 30 --repeat 3 --dir /dev/shm/scale
         # vcrpy stopped at 30 s; the fastest of 3 harness runs; files kept (and reused) there
 
@@ -325,6 +327,70 @@ def run_measurement(args: list[str], cap: float | None) -> dict:
     return json.loads(lines[-1])
 
 
+# --- Dask: the same offline replay on a LocalCluster ------------------------------------------
+
+
+def measure_dask(folder: Path, n_turns: int, fmt: str, workers: int) -> dict:
+    """`harness.replay(..., client=)` on a fresh `workers`-process LocalCluster; the cluster's
+    start is timed apart from the replay (a real cluster is started once, not per run)."""
+    import harness
+    from harness.distributed_replay import local_cluster
+
+    dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
+    root, serializer = cassette_root(folder, fmt)
+    started = time.perf_counter()
+    client = local_cluster(workers)
+    cluster_s = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        frame = harness.replay(dataset, [PROVIDER], history=HISTORY, record_mode="none",
+                               cassette_dir=root, serializer=serializer, params=PARAMS,
+                               progress=False, client=client)
+        seconds = time.perf_counter() - started
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    ok = int((frame["status"] == "ok").sum())
+    return {"seconds": seconds, "cluster_s": cluster_s, "rows": len(frame), "ok": ok,
+            "peak_mb": peak_mb()}
+
+
+def dask_section(args: argparse.Namespace, workdir: Path, sizes: list[int], formats: list[str],
+                 results: dict) -> None:
+    """Offline replay on `--dask-workers` Dask workers next to the one-process figure, at the
+    sizes of this run from 100k up (and 1M with --dask-1m)."""
+    if args.dask_workers <= 0:
+        return
+    fmt = formats[0] if formats[0] != "vcrpy-yaml" else "yaml"
+    dask_sizes = [s for s in sizes if s >= args.dask_min] + ([1_000_000] if args.dask_1m else [])
+    rows = []
+    for size in sorted(set(dask_sizes)):
+        folder = workdir / f"scale-{size}"
+        if not folder.exists():  # 1M: generated here, cassettes of one format only
+            seconds = generate(size, folder, [fmt], False)
+            print(f"{size:>7} turns: generated in {seconds:.1f} s", flush=True)
+        one = results.get((f"harness {fmt}", size))
+        if one is None:
+            one = run_measurement(["harness", str(folder), str(size), fmt], None)
+            results[(f"harness {fmt}", size)] = one
+        on_dask = run_measurement(["dask", str(folder), str(size), fmt, str(args.dask_workers)],
+                                  None)
+        if on_dask["ok"] != size:
+            print(f"  !! dask {size}: {on_dask['ok']} of {size} ok", flush=True)
+        rows.append((size, one, on_dask))
+    header = (f"{'offline ' + fmt:<18} {'turns':>9} {'1 process s':>12} "
+              f"{f'{args.dask_workers} Dask workers s':>18} {'speedup':>8} {'cluster start s':>16} "
+              f"{'driver peak MB':>15}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for size, one, on_dask in rows:
+        print(f"{'':<18} {size:>9} {one['seconds']:>12.2f} {on_dask['seconds']:>18.2f} "
+              f"{one['seconds'] / on_dask['seconds']:>7.2f}x {on_dask['cluster_s']:>16.1f} "
+              f"{on_dask['peak_mb']:>15.0f}")
+    print(f"(cores: {os.cpu_count()}; the driver, the scheduler and {args.dask_workers} workers "
+          "share them)")
+
+
 # --- the table -----------------------------------------------------------------------------
 
 
@@ -348,6 +414,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="run each harness replay (of its own formats) this many times and "
                              "keep the fastest, as for the floor: neighbours make noise")
     parser.add_argument("--dir", type=Path, help="keep the generated files here (reused if there)")
+    parser.add_argument("--dask-workers", type=int, default=2,
+                        help="also replay offline on this many Dask workers (0: not; needs the "
+                             "'dask' extra)")
+    parser.add_argument("--dask-min", type=int, default=100000,
+                        help="the smallest size replayed on Dask too (default 100000)")
+    parser.add_argument("--dask-1m", action="store_true",
+                        help="also 1,000,000 turns, in one process and on Dask (long)")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -357,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
         folder, size = Path(folder), int(size)
         result = {"harness": lambda: measure_harness(folder, size, rest[0]),
                   "floor": lambda: measure_floor(folder, size),
-                  "vcrpy": lambda: measure_vcrpy(folder, size)}[kind]()
+                  "vcrpy": lambda: measure_vcrpy(folder, size),
+                  "dask": lambda: measure_dask(folder, size, rest[0], int(rest[1]))}[kind]()
         print(json.dumps(result), flush=True)
         return
 
@@ -393,10 +467,11 @@ def main(argv: list[str] | None = None) -> None:
             line = "  ".join(f"{what} {fmt_seconds(r, args.cap)} s"
                              for (what, n), r in results.items() if n == size)
             print(f"{size:>7} turns: {line}", flush=True)
+        print_table(results, sizes, formats, args.cap)
+        dask_section(args, workdir, sizes, formats, results)
     finally:
         if args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print_table(results, sizes, formats, args.cap)
 
 
 def print_table(results: dict, sizes: list[int], formats: list[str], cap: float) -> None:

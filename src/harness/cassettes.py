@@ -278,6 +278,12 @@ def _load_raw(path: Path, missing_ok: bool = False, as_json: bool | None = None
         if missing_ok and isinstance(exc, FileNotFoundError):
             return None
         raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_interactions(path, raw, as_json)
+
+
+def parse_interactions(path: Path, raw: bytes, as_json: bool | None = None) -> list[dict]:
+    """The `interactions` list of a cassette file's bytes `raw`, or one CassetteError line
+    naming `path` (the bytes need not have been read from it: a Dask worker gets them)."""
     try:
         data = _parse(path, raw, as_json)
     except UnicodeDecodeError:

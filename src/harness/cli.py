@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -303,6 +304,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(str(exc).replace("--max_tokens", "--max-tokens")) from None
     console = _console()
     journal = Path(f"{args.out}.journal.jsonl") if args.out else None
+    client = _dask_client(args)
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
     finished: list[results.TurnResult] = []
@@ -312,12 +314,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
             concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
             on_row=finished.append, keep_journal=True, started_at=_process_start(),
-            timeout=args.timeout, stream=args.stream,
+            timeout=args.timeout, stream=args.stream, **({"client": client} if client is not None else {}),
         )
     except KeyboardInterrupt:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
         order = [c.id for c in dataset.conversations]
         return _interrupted(args, results.to_frame(finished, order=order), total, journal)
+    finally:
+        _close_dask(client)
     print_report(frame, console, args.show, {p.name: p for p in providers})
     if args.out:
         path = results.save(frame, args.out)
@@ -325,6 +329,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
         console.print(f"wrote {len(frame)} rows to {path} (see them in a browser: "
                       f"harness view {path})", overflow="fold")
     return 0
+
+
+def _dask_client(args: argparse.Namespace) -> Any:
+    """The Dask client `--workers` or `--scheduler` asks for, or None: one process."""
+    if args.workers is None and args.scheduler is None:
+        return None
+    from .distributed_replay import DaskMissing, connect, local_cluster
+
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("--workers and --scheduler exclude each other (expected one of them)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        if args.workers is not None:
+            return local_cluster(args.workers)
+        if not re.fullmatch(r"(tcp|tls)://[^\s/]+:\d+", args.scheduler):
+            raise UsageError(f"--scheduler {args.scheduler}: expected tcp://HOST:PORT")
+        return connect(args.scheduler)
+    except DaskMissing as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"--scheduler {args.scheduler}: cannot reach the Dask scheduler "
+                         f"({type(exc).__name__}; expected a running one at tcp://HOST:PORT)"
+                         ) from None
+
+
+def _close_dask(client: Any) -> None:
+    if client is not None:
+        cluster = getattr(client, "cluster", None)  # the LocalCluster --workers started
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _process_start() -> float:
@@ -708,6 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask each provider for its stream and time it: ttft_ms, itl_ms, ...")
     p.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
                    help="per-request HTTP timeout (default 120)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run conversations on N Dask worker processes on this machine "
+                        "(needs the 'dask' extra); this process writes every file")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run conversations on an existing Dask cluster (needs the 'dask' "
+                        "extra); workers need no shared filesystem")
     p.add_argument("--out", "-o", metavar="FILE",
                    help="write results (.parquet, .csv, .jsonl); rows are journaled to "
                         "FILE.journal.jsonl as they complete, and the same command run again "

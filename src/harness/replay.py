@@ -175,6 +175,11 @@ class Run:
         if "client" in self.__dict__:
             await self.client.aclose()
 
+    def open_cassette(self, provider: Provider, conversation: Conversation) -> Cassette:
+        """The cassette of (provider, conversation), opened for this run's record mode."""
+        return Cassette.open(self.cassette_for(provider, conversation), self.record_mode,
+                             self.secrets[provider.name], since=self.started)
+
     def cassette_for(self, provider: Provider, conversation: Conversation) -> Path:
         key = (provider.name, conversation.id)
         path = self._paths.get(key)
@@ -363,8 +368,7 @@ async def _replay_conversation(
 
     async def one_provider(provider: Provider) -> None:
         done = run.done.get((conversation.id, provider.name), {})
-        cassette = Cassette.open(run.cassette_for(provider, conversation), run.record_mode,
-                                 run.secrets[provider.name], since=run.started)
+        cassette = run.open_cassette(provider, conversation)
         own: dict[int, Reply] = {}
         completed = False
         headers = provider.request_headers(provider.api_key())
@@ -433,6 +437,16 @@ def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
     return result
 
 
+def journal_settings(run: Run) -> dict[str, Any]:
+    """What names a run in its journal (hashed, never stored): a resume must match it."""
+    return {
+        "dataset": run.dataset.name, "conversations": len(run.dataset), "history": run.history,
+        "providers": [p.model_dump(mode="json") for p in run.providers],
+        "params": run.params, "record_mode": run.record_mode,
+        **({"stream": True} if run.stream else {}),
+    }
+
+
 async def replay_async(
     dataset: Dataset,
     providers: Sequence[Provider],
@@ -483,12 +497,7 @@ async def replay_async(
     log = None
     secrets = known_secrets(run.providers)
     if journal is not None:
-        log = results_mod.Journal(journal, {
-            "dataset": dataset.name, "conversations": len(dataset), "history": history,
-            "providers": [p.model_dump(mode="json") for p in run.providers],
-            "params": run.params, "record_mode": record_mode,
-            **({"stream": True} if stream else {}),
-        }, secrets)
+        log = results_mod.Journal(journal, journal_settings(run), secrets)
         run.done, run.journaling = log.done(), True
     check_ready(run, dataset.conversations)
     folders = [cassette_path(run.cassette_dir, dataset.name, p.name, "-").parent
@@ -579,6 +588,8 @@ def replay(dataset: Dataset | str | Path,
     """Synchronous `replay_async`; works inside Jupyter's running event loop too.
 
     `dataset` may be a path; `providers` names, Providers or a mix (see `providers_for`).
+    With `client` (a dask.distributed Client), the conversations run on its cluster's workers
+    and this process writes every file (see `harness.distributed_replay`).
     """
     if not isinstance(dataset, Dataset):
         from .datasets import load_dataset
@@ -586,6 +597,11 @@ def replay(dataset: Dataset | str | Path,
         dataset = load_dataset(dataset)
     providers = providers_for(providers, dataset, providers_file,
                               kwargs.get("cassette_dir", "cassettes"))
+    client = kwargs.pop("client", None)
+    if client is not None:
+        from .distributed_replay import replay_on_dask
+
+        return replay_on_dask(client, dataset, providers, **kwargs)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
