@@ -711,3 +711,20 @@ def test_inspect_new_usage_columns_read_by_hand(table, name):
                                          + raw["cache_creation_input_tokens"])
         assert r["total_tokens"] == r["input_tokens"] + r["output_tokens"]
         assert cell(r["response_id"]) is not None
+
+
+def test_inspect_names_a_recorded_transport_failure(tmp_path):
+    """An attempt that got no HTTP answer shows its own error, not the 599 it is stored as."""
+    import httpx
+
+    from harness.cassettes import Cassette
+
+    path = tmp_path / "c.yaml"
+    cassette = Cassette.open(path, "all")
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions",
+                            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    cassette.record_failure(request, "ReadTimeout", "ReadTimeout: timed out", 12.0)
+    cassette.save()
+    (row,) = inspect_cassettes(path).to_dict("records")
+    assert row["finish_reason"] == "error"
+    assert row["error"] == "ReadTimeout: timed out"

@@ -256,15 +256,16 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(project, uninte
 
 
 def _resumes_after_a_full_disk(project, expected, folder: Path, out: Path, fill, free,
-                               capsys) -> None:
-    argv = project.command("once", folder, out)
+                               capsys, mode: str = "once") -> None:
+    argv = project.command(mode, folder, out)
     fill()
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     line = err.strip()
     assert "No space left on device" in line and str(folder) in line, line
-    assert leftovers(folder) == [] or all(n.endswith(".partial") for n in leftovers(folder))
+    # what a resume goes on from: partial recordings, and in mode all its marker
+    assert all(n.endswith(".partial") or n == ".harness-rerecording" for n in leftovers(folder))
     journaled = journaled_turns(Path(f"{out}.journal.jsonl"))
     on_disk = set(recorded_turns(folder))
     free()
@@ -277,8 +278,9 @@ def _resumes_after_a_full_disk(project, expected, folder: Path, out: Path, fill,
     assert leftovers(folder) == []
 
 
+@pytest.mark.parametrize("mode", ["once", "new_episodes", "all"])
 def test_a_full_disk_is_one_line_and_the_same_command_resumes(project, uninterrupted, tmp_path,
-                                                              monkeypatch, capsys):
+                                                              monkeypatch, capsys, mode):
     """The disk fills at the 5th cassette write (simulated in-process: the fsync fails)."""
     _, expected = uninterrupted
     real_fsync, calls = os.fsync, [0]
@@ -292,7 +294,8 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(project, uninterru
     _resumes_after_a_full_disk(
         project, expected, tmp_path / "cassettes", tmp_path / "out.parquet",
         fill=lambda: monkeypatch.setattr(cassettes.os, "fsync", fsync),
-        free=lambda: monkeypatch.setattr(cassettes.os, "fsync", real_fsync), capsys=capsys)
+        free=lambda: monkeypatch.setattr(cassettes.os, "fsync", real_fsync), capsys=capsys,
+        mode=mode)
 
 
 def test_a_real_full_disk_on_a_small_tmpfs(project, uninterrupted, tmp_path, capsys):

@@ -116,6 +116,9 @@ def parse_request(protocol: str, body: Any) -> list[Message]:
 
 def parse_reply(protocol: str, interaction: Interaction) -> Reply:
     """The recorded response of a chat interaction as a Reply (raises ValueError when unreadable)."""
+    failure = interaction.transport_error()
+    if failure is not None:  # harness recorded an attempt that got no HTTP answer
+        return Reply(finish_reason="error", error=failure)
     headers = {k.lower(): (v[0] if isinstance(v, list) and v else str(v))
                for k, v in interaction.response_headers.items()}
     adapter = protocol_module(protocol)
