@@ -84,7 +84,7 @@ ARGUMENTS = {
     "bad history": (["replay", "datasets/demo.jsonl", "--history", "sideways"],
                     ["--history", "invalid choice: 'sideways'"]),
     "concurrency not a number": (["replay", "datasets/demo.jsonl", "--concurrency", "lots"],
-                                 ["--concurrency", "invalid int value: 'lots'"]),
+                                 ["--concurrency", "expected a number or auto, got 'lots'"]),
     "concurrency zero": (["replay", "datasets/demo.jsonl", "--concurrency", "0"],
                          ["--concurrency must be at least 1"]),
     "limit zero": (["replay", "datasets/demo.jsonl", "--limit", "0"], ["limit is 0"]),
