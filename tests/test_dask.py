@@ -21,6 +21,8 @@ from harness.cli import main
 from harness.datasets import from_records
 from harness.stub_server import StubServer
 
+MEASURED = ["latency_ms", *results.TIMING_COLUMNS]  # wall time: differs run to run
+
 distributed = pytest.importorskip("distributed")
 
 
@@ -54,9 +56,10 @@ def test_two_workers_record_and_replay_the_single_process_tables(client, small_d
         on_dask = replay(small_dataset, providers, record_mode="once", cassette_dir=dask_dir,
                          progress=False, client=client)
         assert len(stub.requests) == sent_by_one == len(one)  # every turn once, from workers
-    # latency_ms is the wall time of each live call: the one column two live runs differ in
-    pd.testing.assert_frame_equal(on_dask.drop(columns="latency_ms"),
-                                  one.drop(columns="latency_ms"))
+    # latency_ms (and e2e_ms, its copy) is the wall time of each live call: what two live
+    # runs differ in
+    pd.testing.assert_frame_equal(on_dask.drop(columns=MEASURED),
+                                  one.drop(columns=MEASURED))
     assert on_dask["latency_ms"].notna().all()
     # the driver wrote the cassettes, as one process does: same files, same exchanges
     assert recordings(dask_dir) == recordings(one_dir)
@@ -66,8 +69,8 @@ def test_two_workers_record_and_replay_the_single_process_tables(client, small_d
     offline_dask = replay(small_dataset, providers, cassette_dir=dask_dir, progress=False,
                           client=client)
     pd.testing.assert_frame_equal(offline_dask, offline_one)
-    pd.testing.assert_frame_equal(offline_dask.drop(columns="latency_ms"),
-                                  one.drop(columns="latency_ms"))
+    pd.testing.assert_frame_equal(offline_dask.drop(columns=MEASURED),
+                                  one.drop(columns=MEASURED))
 
 
 def test_a_missing_recording_on_a_worker_is_the_same_clear_error(client, small_dataset,
@@ -128,8 +131,8 @@ def test_kill_9_of_the_driver_then_the_same_command_resumes(tmp_path):
     # what the resumed run wrote replays offline in one process to the same table
     offline = replay(str(dataset), "stub", providers_file=providers, cassette_dir=folder,
                      progress=False)
-    pd.testing.assert_frame_equal(offline.drop(columns="latency_ms").reset_index(drop=True),
-                                  table.drop(columns="latency_ms").reset_index(drop=True),
+    pd.testing.assert_frame_equal(offline.drop(columns=MEASURED).reset_index(drop=True),
+                                  table.drop(columns=MEASURED).reset_index(drop=True),
                                   check_dtype=False)
 
 
