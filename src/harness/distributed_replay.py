@@ -26,31 +26,26 @@ from typing import Any
 import pandas as pd
 
 from . import cassettes as cassettes_mod
-from . import results as results_mod
 from .cassettes import (
     Cassette,
     CassetteError,
     RecordMode,
-    begin_rerecording,
-    cassette_path,
-    end_rerecording,
     partial_path,
     scrub_url,
     write_cassette,
 )
-from .costs import add_costs
 from .datasets import Dataset
 from .messages import Conversation
-from .providers import Provider, check_params, known_secrets
+from .providers import Provider, known_secrets
 from .replay import (
-    HISTORY_MODES,
     History,
     RetryPolicy,
     Run,
     _replay_conversation,
-    check_ready,
+    begin_run,
+    check_run_args,
+    finish_run,
     gates,
-    journal_settings,
     scrub_row,
 )
 from .results import TurnResult
@@ -302,12 +297,7 @@ def replay_on_dask(
     evenly between the workers; `batch_turns` is turns per Dask task (default: up to 1000).
     Everything else, the results included, is as in one process.
     """
-    if history not in HISTORY_MODES:
-        raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
-    names = [p.name for p in providers]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a provider is named more than once: {', '.join(names)}")
-    check_params(params or {}, "params.")
+    check_run_args(history, providers, params)
     if concurrency == "auto":
         raise ValueError("--concurrency auto is not available on Dask yet (expected a number: "
                          "conversations in flight per worker)")
@@ -316,15 +306,7 @@ def replay_on_dask(
               dict(params or {}), retry or RetryPolicy(), timeout, max(1, concurrency),
               stream=stream, started=time.time() if started_at is None else started_at)
     secrets = known_secrets(run.providers)
-    log = None
-    if journal is not None:  # the same journal as one process's: either may resume the other
-        log = results_mod.Journal(journal, journal_settings(run), secrets)
-        run.done, run.journaling = log.done(), True
-    check_ready(run, dataset.conversations)
-    folders = [cassette_path(run.cassette_dir, dataset.name, p.name, "-").parent
-               for p in run.providers]
-    if record_mode == "all":
-        run.started = min([begin_rerecording(f, run.started) for f in folders], default=run.started)
+    log, folders = begin_run(run, journal)  # the same journal as one process's: either resumes
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     shares = [p.model_copy(update={  # each worker its share of the per-minute limits
         "rate_limit": p.rate_limit and p.rate_limit / workers,
@@ -402,13 +384,4 @@ def replay_on_dask(
         bar.close()
         if log is not None:
             log.close()
-    if record_mode == "all":
-        for folder in folders:
-            end_rerecording(folder)
-    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
-                      {p.name: p for p in run.providers})
-    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
-                                              run.params)
-    if log is not None and not keep_journal:
-        log.close(remove=True)
-    return frame
+    return finish_run(run, rows, folders, log, keep_journal)

@@ -447,6 +447,49 @@ def journal_settings(run: Run) -> dict[str, Any]:
     }
 
 
+def check_run_args(history: str, providers: Sequence[Provider],
+                   params: Mapping[str, Any] | None) -> None:
+    """Refuse, before any call, a run that cannot be what was asked."""
+    if history not in HISTORY_MODES:
+        raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
+    names = [p.name for p in providers]
+    if len(set(names)) != len(names):  # their rows would collide after the run, not before
+        raise ValueError(f"a provider is named more than once: {', '.join(names)}")
+    check_params(params or {}, "params.")  # NaN is not JSON: never send it
+
+
+def begin_run(run: Run, journal: str | Path | None) -> tuple[results_mod.Journal | None, list[Path]]:
+    """Open the journal (what finished before is `run.done`), check that every recording and
+    key the run needs is there, and mark a re-recording begun; the journal and the folders."""
+    log = None
+    if journal is not None:
+        log = results_mod.Journal(journal, journal_settings(run), known_secrets(run.providers))
+        run.done, run.journaling = log.done(), True
+    check_ready(run, run.dataset.conversations)
+    folders = [cassette_path(run.cassette_dir, run.dataset.name, p.name, "-").parent
+               for p in run.providers]
+    if run.record_mode == "all":  # an interrupted re-recording is continued, not begun again
+        run.started = min([begin_rerecording(f, run.started) for f in folders], default=run.started)
+    return log, folders
+
+
+def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
+               log: results_mod.Journal | None, keep_journal: bool) -> pd.DataFrame:
+    """The results frame of a run that completed: priced, with the run's settings in
+    `attrs`; a re-recording marked done and (unless kept) the journal removed."""
+    if run.record_mode == "all":
+        for folder in folders:
+            end_rerecording(folder)
+    dataset = run.dataset
+    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
+                      {p.name: p for p in run.providers})
+    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, run.history,
+                                              run.record_mode, run.params)
+    if log is not None and not keep_journal:
+        log.close(remove=True)
+    return frame
+
+
 async def replay_async(
     dataset: Dataset,
     providers: Sequence[Provider],
@@ -481,12 +524,7 @@ async def replay_async(
     (default: now) is when the run began: record mode `all` replaces what was recorded
     before it, and keeps what another process records into the same cassettes meanwhile.
     """
-    if history not in HISTORY_MODES:
-        raise ValueError(f"unknown history mode {history!r} (expected one of {HISTORY_MODES})")
-    names = [p.name for p in providers]
-    if len(set(names)) != len(names):  # their rows would collide after the run, not before
-        raise ValueError(f"a provider is named more than once: {', '.join(names)}")
-    check_params(params or {}, "params.")  # NaN is not JSON: never send it
+    check_run_args(history, providers, params)
     adaptive = concurrency == "auto"
     if not adaptive and not isinstance(concurrency, int):
         raise ValueError(f"concurrency must be a number or 'auto', got {concurrency!r}")
@@ -494,16 +532,8 @@ async def replay_async(
               dict(params or {}), retry or RetryPolicy(), timeout,
               max(1, max_concurrency if adaptive else concurrency), adaptive,
               stream=stream, started=time.time() if started_at is None else started_at)
-    log = None
     secrets = known_secrets(run.providers)
-    if journal is not None:
-        log = results_mod.Journal(journal, journal_settings(run), secrets)
-        run.done, run.journaling = log.done(), True
-    check_ready(run, dataset.conversations)
-    folders = [cassette_path(run.cassette_dir, dataset.name, p.name, "-").parent
-               for p in run.providers]
-    if record_mode == "all":  # an interrupted re-recording is continued, not begun again
-        run.started = min([begin_rerecording(f, run.started) for f in folders], default=run.started)
+    log, folders = begin_run(run, journal)
     limiters = gates(run.providers, run.concurrency if run.adaptive else None)
     rows: list[TurnResult] = []
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
@@ -543,17 +573,9 @@ async def replay_async(
         bar.close()
         if log is not None:
             log.close()
-    if record_mode == "all":
-        for folder in folders:
-            end_rerecording(folder)
-    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
-                      {p.name: p for p in run.providers})
-    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, history, record_mode,
-                                              run.params)
+    frame = finish_run(run, rows, folders, log, keep_journal)
     if stream:  # which stream timings this run measured, which it read back from cassettes
         frame.attrs["run"].update(stream=stream, timing=dict(run.timing))
-    if log is not None and not keep_journal:
-        log.close(remove=True)
     return frame
 
 
