@@ -125,8 +125,6 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None,
         frame = table.to_pandas(types_mapper=_PANDAS.get)
     except (pa.ArrowException, KeyError, TypeError, ValueError):  # e.g. 3.7 in an Int64 column
         frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    if providers is None:
-        providers = sorted(set(frame["provider"].dropna()))
     frame = normalize(frame, providers)
     if order is not None:
         rank = {cid: i for i, cid in enumerate(order)}
@@ -150,7 +148,8 @@ def normalize(frame: pd.DataFrame, providers: list[str] | None = None) -> pd.Dat
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
-    return apply_dtypes(frame[list(COLUMNS)], providers)
+    # a copy: columns read from Parquet can be read-only views of Arrow's memory
+    return apply_dtypes(frame[list(COLUMNS)].copy(), providers)
 
 
 def apply_dtypes(frame: pd.DataFrame, providers: list[str] | None = None) -> pd.DataFrame:
@@ -159,8 +158,8 @@ def apply_dtypes(frame: pd.DataFrame, providers: list[str] | None = None) -> pd.
 
     `provider`, `finish_reason` and `status` become ordered categoricals (`categories`).
     Provider categories: `providers`, else the column's own when it is a categorical already,
-    else the providers of the run in `frame.attrs["run"]`; then any other name, in order of
-    appearance. Plain strings (a CSV, a streamed Parquet row group) are fine input.
+    else the providers of the run in `frame.attrs["run"]`; then any other name, sorted.
+    Plain strings (a CSV, a streamed Parquet row group) are fine input.
     """
     converted = {}
     for column in frame.columns:
@@ -195,7 +194,7 @@ def categories(column: str, values: pd.Series, providers: list[str] | None = Non
         elif providers is None and isinstance(run, dict):
             providers = [p["name"] for p in run.get("providers") or []
                          if isinstance(p, dict) and isinstance(p.get("name"), str)]
-        names = list(dict.fromkeys([*(providers or []), *seen]))
+        names = list(dict.fromkeys([*(providers or []), *sorted(seen)]))
     return pd.CategoricalDtype(names, ordered=True)
 
 
@@ -312,7 +311,8 @@ def _as_dtype(values: pd.Series, dtype: str):
     elif dtype == "Float64":
         cleaned = [None if v is None else float(v) for v in cleaned]
     elif dtype == "boolean":
-        cleaned = [None if v is None else v if isinstance(v, bool) else str(v).lower() == "true"
+        cleaned = [None if v is None else v if isinstance(v, bool) else bool(v)
+                   if isinstance(v, int | float) else str(v).lower() in ("true", "1", "1.0")
                    for v in cleaned]
     else:
         cleaned = [None if v is None else str(v) for v in cleaned]
@@ -417,14 +417,27 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
 
         out = add_costs(out, providers)
     if extra:
-        extras = frame[extra].copy()
-        for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is
-            if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":  # present
-                extras[column] = extras[column].astype("boolean")
-        out = out.join(extras)
+        out = out.join(_score_dtypes(frame[extra]))
     out.attrs = {"run": run} if isinstance(run, dict) else {}
     out.attrs["path"] = str(path)
     return out
+
+
+def _score_dtypes(extras: pd.DataFrame) -> pd.DataFrame:
+    """Score columns as `harness.scores` made them (CSV/JSONL read pass/fail ones back as
+    objects or 1.0/0.0): pass/fail `boolean`, graded and judge ratings `Float64`."""
+    from .scores import SCORERS
+
+    typed = {}
+    for column in extras.columns:
+        values = extras[column]
+        known = SCORERS.get(str(column))
+        kind = pd.api.types.infer_dtype(values, skipna=True)
+        if (known is not None and known.pass_fail) or kind == "boolean":
+            typed[column] = pd.Series(_as_dtype(values, "boolean"), index=values.index)
+        elif known is not None or str(column).startswith("judge_"):
+            typed[column] = pd.Series(_as_dtype(values, "Float64"), index=values.index)
+    return nullable(_replaced(extras, typed))
 
 
 class JournalWriteError(OSError):
