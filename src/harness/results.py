@@ -211,7 +211,7 @@ def _categorical(values: pd.Series, dtype: pd.CategoricalDtype) -> pd.Series:
 def unify(*frames: pd.DataFrame) -> list[pd.DataFrame]:
     """The frames with the same categories on each categorical column: the union of theirs
     (providers in order of first appearance), so they concatenate and merge without
-    falling back to `object`."""
+    falling back to plain strings or `object`."""
     out = list(frames)
     for column in CATEGORICAL:
         holding = [f for f in out if column in f.columns]
@@ -221,11 +221,11 @@ def unify(*frames: pd.DataFrame) -> list[pd.DataFrame]:
             c for f in holding for c in categories(column, f[column], run=f.attrs.get("run")
                                                    ).categories))
         target = categories(column, pd.Series(names, dtype="string"), names)
-        out = [_with(f, column, target) if column in f.columns else f for f in out]
+        out = [_on_dtype(f, column, target) if column in f.columns else f for f in out]
     return out
 
 
-def _with(frame: pd.DataFrame, column: str, dtype: pd.CategoricalDtype) -> pd.DataFrame:
+def _on_dtype(frame: pd.DataFrame, column: str, dtype: pd.CategoricalDtype) -> pd.DataFrame:
     if frame[column].dtype == dtype:
         return frame
     return _replaced(frame, {column: _categorical(frame[column], dtype)})
