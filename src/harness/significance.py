@@ -79,7 +79,7 @@ def _wide(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
                             errors="coerce").astype(float)
     frame = results[KEY + ["provider"]].assign(value=numeric.to_numpy())
     wide = frame.pivot_table(index=KEY, columns="provider", values="value", aggfunc="first",
-                             dropna=False, sort=False)
+                             dropna=False, sort=False, observed=True)
     order = [p for p in providers(results) if p in wide.columns]
     return wide[order].set_axis(pd.Index(order, dtype=object), axis=1), pass_fail
 
