@@ -97,9 +97,18 @@ def test_win_rates_from_judge_verdicts():
     assert (row["a_wins"], row["b_wins"], row["ties"], row["inconsistent"], row["errors"]) == (8, 2, 1, 1, 1)
     assert row["a_win_rate"] == 0.8
     assert row["low"] == pytest.approx(0.4902, abs=1e-4)
-    assert row["sentence"].startswith("no detectable preference")  # 0.49 < 0.5: not yet
+    assert row["judged"] == 13 and row["conversations"] == 13
+    assert row["sentence"] == ("no detectable preference between x and y: x wins 8 of 10 decisive "
+                               "turns [49%, 94%]; of 13 judged turns 1 tied, 1 inconsistent, "
+                               "1 unparsable; 13 conversations")  # 0.49 < 0.5: not yet
     more = pd.concat([pairs.assign(conversation_id=pairs["conversation_id"] + s) for s in "ab"])
-    assert significance.win_rates(more).iloc[0]["sentence"].startswith("x wins 80% of decisive")
+    assert significance.win_rates(more).iloc[0]["sentence"] == (
+        "x wins 80% [58%, 92%] of 20 decisive turns against y; of 26 judged turns 2 tied, "
+        "2 inconsistent, 2 unparsable; 26 conversations")
+    # b ahead: the sentence names b first, and the interval is b's
+    flipped = more.assign(winner=more["winner"].replace({"x": "y", "y": "x"}))
+    assert significance.win_rates(flipped).iloc[0]["sentence"].startswith(
+        "y wins 80% [58%, 92%] of 20 decisive turns against x;")
 
 
 def test_bradley_terry_orders_three_providers():

@@ -15,10 +15,11 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from . import compare
+from . import compare, verdicts
 from .datasets import Turn, conversation_turns, load_dataset
 from .messages import Conversation, Reply
 from .results import COLUMNS
+from .significance import default_metrics, direction, win_rates
 
 ROW_COLUMNS = ("conversation_id", "turn", "provider", "model", "prompt", "response",
                "finish_reason", "raw_finish_reason", "status", "input_tokens", "output_tokens",
@@ -45,8 +46,8 @@ def _columns(frame: pd.DataFrame, names: list[str]) -> dict[str, list]:
     return {c: _list(frame[c]) for c in names}
 
 
-def _table(frame: pd.DataFrame) -> dict[str, Any]:
-    frame = frame.reset_index()
+def _table(frame: pd.DataFrame, index: bool = True) -> dict[str, Any]:
+    frame = frame.reset_index() if index else frame
     return {"columns": [str(c) for c in frame.columns],
             "rows": [[_value(v) for v in row] for row in frame.itertuples(index=False)]}
 
@@ -111,9 +112,45 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = None) -> dict:
-    """Everything the page shows about one run, as plain JSON-able values."""
+# bootstrap resamples per interval on the page (the CLI and the API draw 2000): at 10k turns x
+# 5 providers the section then costs about as much as the rest of the page (README, Benchmarks)
+PAGE_BOOT = 1000
+PAGE_BT_BOOT = 200
+
+
+def significance_data(results: pd.DataFrame, verdict_files: list[Path] = ()) -> dict[str, Any]:
+    """The page's Significance section: `compare.significance` on every score column and the
+    default metrics (`significance.default_metrics`), seeded, and the judge's win rates from
+    each verdict table in `verdict_files`."""
+    metrics = []
+    for metric in default_metrics(results):
+        out = compare.significance(results, metric, n_boot=PAGE_BOOT, bt_boot=PAGE_BT_BOOT, seed=0)
+        pairs = out["pairs"]
+        metrics.append({
+            "metric": metric, "better": direction(metric),
+            "providers": _table(out["providers"]),
+            "pairs": _table(pairs.drop(columns="sentence"), index=False),
+            "sentences": _list(pairs["sentence"]) if len(pairs) else [],
+            "strengths": _table(out["strengths"]) if "strengths" in out else None})
+    judged = []
+    for path in verdict_files:
+        table = verdicts.load(path)
+        rates = win_rates(table)
+        judged.append({"file": Path(path).name, "judge": verdicts.judges(table),
+                       "table": _table(rates.drop(columns="sentence"), index=False),
+                       "sentences": _list(rates["sentence"]) if len(rates) else []})
+    return {"metrics": metrics, "verdicts": judged, "resamples": PAGE_BOOT}
+
+
+def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = None,
+             verdict_files: list[Path] | None = None) -> dict:
+    """Everything the page shows about one run, as plain JSON-able values. Judge verdict
+    tables are `verdict_files`, else the ones `harness score --pairwise` wrote beside the
+    results file."""
     run = dict(results.attrs.get("run") or {})
+    if verdict_files is None:
+        source = results.attrs.get("path")
+        verdict_files = verdicts.beside(source) if source and Path(source).is_file() else []
     extra = _extra_columns(results)
     data: dict[str, Any] = {
         "name": name,
@@ -126,6 +163,7 @@ def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = N
         "usage": _table(compare.usage(results)),
         "finish": _table(compare.finish_reasons(results)),
         "threads": threads(results, run),
+        "significance": significance_data(results, verdict_files),
         "changes": {},
     }
     if baseline is not None:
