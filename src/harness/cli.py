@@ -456,17 +456,22 @@ def _print_win_rates(args: argparse.Namespace, files: list[str] | None) -> int:
         return 0
     console = _console()
     for f, table in tables.items():
-        judge = f"judge {verdicts.judges(loaded[f])}: " if verdicts.judges(loaded[f]) else ""
+        judge = verdicts.judges(loaded[f])
         shown = pd.DataFrame({
             "a": table["a"], "b": table["b"], "judged": table["judged"],
             "a wins": table["a_wins"], "b wins": table["b_wins"], "ties": table["ties"],
-            "incons.": table["inconsistent"], "unparsed": table["errors"],
+            "inconsistent": table["inconsistent"], "unparsable": table["errors"],
             **{name: (table[c] * 100).round().astype("Int64")
                for name, c in (("a win %", "a_win_rate"), ("low %", "low"), ("high %", "high"))}})
-        print_frame(shown, f"{judge}{f}: a's win rate over decisive turns (a or b won both "
-                    "orders), 95% Wilson interval", console)
+        title = f"{f}: " + (f"judge {judge}, " if judge else "")
+        if len(table) == 1:  # the usual file, one pair: its names in the title, not cut
+            title += f"a = {table['a'].iloc[0]}, b = {table['b'].iloc[0]}"
+            shown = shown.drop(columns=["a", "b"])
+        console.print(title, highlight=False, markup=False)
+        print_frame(shown, "a's win rate over decisive turns (won in both orders), 95% Wilson "
+                    "interval", console)
         for sentence in table["sentence"]:
-            console.print(sentence, highlight=False)
+            console.print(sentence, highlight=False, markup=False)
     return 0
 
 

@@ -113,6 +113,9 @@ def _wide(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
                          "(expected numbers or pass/fail)")
     numeric = pd.to_numeric(values.astype("Float64" if pass_fail else values.dtype),
                             errors="coerce").astype(float)
+    if not numeric.notna().any():
+        raise ValueError(f"column {metric!r} has no value in any row (expected scores: "
+                         "harness score fills it)")
     frame = results[KEY + ["provider"]].assign(value=numeric.to_numpy())
     wide = frame.pivot_table(index=KEY, columns="provider", values="value", aggfunc="first",
                              dropna=False, sort=False)
@@ -121,7 +124,13 @@ def _wide(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
 
 
 def _fmt(x: float) -> str:
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _sentence(a: str, b: str, metric: str, diff: float, low: float, high: float,
@@ -263,17 +272,19 @@ def win_rates(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         conversations = group["conversation_id"].nunique()
         ties, inconsistent = int((winner == "tie").sum()), int((winner == "inconsistent").sum())
         errors = int((winner == "error").sum())
-        rest = (f"of {len(group)} judged turns {ties} tied, {inconsistent} inconsistent"
-                + (f", {errors} unparsable" if errors else "") + f"; {conversations} conversations")
+        rest = (f"of {_count(len(group), 'judged turn')} {ties} tied, {inconsistent} inconsistent"
+                + (f", {errors} unparsable" if errors else "")
+                + f"; {_count(conversations, 'conversation')}")
         if decisive and (low > 0.5 or high < 0.5):
             lead, other, r, lo, hi = ((a, b, rate, low, high) if rate > 0.5 else
                                       (b, a, 1 - rate, 1 - high, 1 - low))
             sentence = (f"{lead} wins {r:.0%} [{lo:.0%}, {hi:.0%}] of {decisive} decisive "
                         f"turns against {other}; {rest}")
+        elif decisive:
+            sentence = (f"no detectable preference between {a} and {b}: {a} wins {a_wins} of "
+                        f"{decisive} decisive turns [{low:.0%}, {high:.0%}]; {rest}")
         else:
-            sentence = (f"no detectable preference between {a} and {b}: {a} wins "
-                        f"{a_wins} of {decisive} decisive turns"
-                        + (f" [{low:.0%}, {high:.0%}]" if decisive else "") + f"; {rest}")
+            sentence = f"no preference between {a} and {b}: no turn was decisive; {rest}"
         rows.append({"a": a, "b": b, "judged": len(group), "a_wins": a_wins, "b_wins": b_wins,
                      "ties": ties, "inconsistent": inconsistent, "errors": errors,
                      "a_win_rate": rate, "low": low, "high": high,

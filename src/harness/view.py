@@ -130,7 +130,7 @@ def significance_data(results: pd.DataFrame, verdict_files: list[Path] = ()) -> 
             "metric": metric, "better": direction(metric),
             "providers": _table(out["providers"]),
             "pairs": _table(pairs.drop(columns="sentence"), index=False),
-            "sentences": _list(pairs["sentence"]) if len(pairs) else [],
+            "sentences": _sentences(pairs, 0.0),
             "strengths": _table(out["strengths"]) if "strengths" in out else None})
     judged = []
     for path in verdict_files:
@@ -138,8 +138,16 @@ def significance_data(results: pd.DataFrame, verdict_files: list[Path] = ()) -> 
         rates = win_rates(table)
         judged.append({"file": Path(path).name, "judge": verdicts.judges(table),
                        "table": _table(rates.drop(columns="sentence"), index=False),
-                       "sentences": _list(rates["sentence"]) if len(rates) else []})
+                       "sentences": _sentences(rates, 0.5)})
     return {"metrics": metrics, "verdicts": judged, "resamples": PAGE_BOOT}
+
+
+def _sentences(table: pd.DataFrame, null: float) -> list[list]:
+    """[sentence, whether its interval excludes `null`] per row: the page shows those first."""
+    if table.empty:
+        return []
+    detected = ((table["low"] > null) | (table["high"] < null)).fillna(False)
+    return [[text, bool(d)] for text, d in zip(_list(table["sentence"]), detected, strict=True)]
 
 
 def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = None,

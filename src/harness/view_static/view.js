@@ -292,12 +292,18 @@
     Number.isInteger(v) ? v.toLocaleString("en") : Math.abs(v) >= 1000 ? Math.round(v).toLocaleString("en") :
     String(Number(v.toPrecision(3)));
   const DIRECTION = {higher: "higher is better", lower: "lower is better", neutral: "neither more nor less is better"};
-  function sentences(list) {
-    return el("ul", {class: "sentences"}, list.map((s) => el("li", {class: "sig-sentence"}, s)));
+  function sentences(list) {  // [text, detected]: what differs first, the rest folded away when long
+    const found = list.filter(([, d]) => d), rest = list.filter(([, d]) => !d);
+    const items = (xs, cls) => el("ul", {class: "sentences " + cls}, xs.map(([t]) => el("li", {class: "sig-sentence"}, t)));
+    return [found.length ? items(found, "detected") : null,
+      rest.length > 5 && found.length ? el("details", {}, el("summary", {}, `${rest.length} with no detectable difference`),
+        items(rest, "undetected")) : rest.length ? items(rest, "undetected") : null];
   }
   function metricView(m) {
     const test = m.pairs.columns.includes("mcnemar_p") ? "; McNemar's exact test on the turns only one passed" : "";
     const out = [el("h2", {}, `${m.metric} (${DIRECTION[m.better]})`), sentences(m.sentences),
+      el("p", {class: "note"}, `95% intervals from ${run.significance.resamples} bootstrap resamples of whole ` +
+        "conversations (the turns of one conversation are correlated), seed 0: the same results give the same page."),
       el("h3", {}, "Mean per provider, 95% interval"), sortableTable(m.providers, "sig-providers", sig3),
       el("h3", {}, `Paired difference b − a on the turns both answered, 95% interval${test}`),
       sortableTable(m.pairs, "sig-pairs", sig3)];
@@ -323,8 +329,6 @@
     return [el("div", {class: "toolbar"}, el("label", {}, "metric ", el("select", {id: "sig-metric",
         onchange: (e) => { state.sigMetric = e.target.value; renderMain(); }},
         options.map(([v, label]) => el("option", {value: v, selected: v === state.sigMetric}, label))))),
-      el("p", {class: "note"}, `95% intervals from ${sig.resamples} bootstrap resamples of whole conversations ` +
-        "(the turns of one conversation are correlated), seed 0: the same results give the same page."),
       el("div", {id: "significance"}, chosen ? metricView(chosen) : winRates(sig.verdicts))];
   }
 
