@@ -227,15 +227,16 @@ def _wins(wide: pd.DataFrame, codes: np.ndarray, n: int) -> np.ndarray:
 
 
 def _fit(wins: np.ndarray, start: np.ndarray | None = None, iterations: int = 1000) -> np.ndarray:
-    """Bradley-Terry strengths by Hunter's MM algorithm, normalized to sum to 1."""
-    k = wins.shape[0]
+    """Bradley-Terry strengths by Hunter's MM algorithm, normalized to sum to 1: of one win
+    matrix (k x k), or of many at once (B x k x k, every bootstrap replicate in one array)."""
+    k = wins.shape[-1]
     wins = wins + 0.1 * (1 - np.eye(k))  # a tenth of a win each way keeps a winless one finite
-    games = wins + wins.T
-    total = wins.sum(axis=1)
-    strength = np.ones(k) / k if start is None else start
+    games = wins + np.swapaxes(wins, -1, -2)
+    total = wins.sum(axis=-1)
+    strength = np.broadcast_to(np.ones(k) / k if start is None else start, total.shape)
     for _ in range(iterations):
-        new = total / (games / (strength[:, None] + strength[None, :])).sum(axis=1)
-        new /= new.sum()
+        new = total / (games / (strength[..., :, None] + strength[..., None, :])).sum(axis=-1)
+        new /= new.sum(axis=-1, keepdims=True)
         if np.abs(new - strength).max() < 1e-6:  # strengths are shown to 3 decimals
             return new
         strength = new
@@ -249,9 +250,13 @@ def bradley_terry(wide: pd.DataFrame, conversations: pd.Index, *, n_boot: int = 
     codes, n = _conversation_codes(conversations)
     per_conversation = _wins(wide, codes, n)
     strength = _fit(per_conversation.sum(axis=0))
-    draws = np.array([_fit(np.tensordot(np.bincount(rng.integers(0, n, n), minlength=n),
-                                        per_conversation, axes=1), strength)
-                      for _ in range(n_boot)])
+    resampled = []
+    for start in range(0, n_boot, _BLOCK):  # conversations drawn with replacement, as weights
+        size = min(_BLOCK, n_boot - start)
+        draw = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        weights = np.bincount(draw.ravel(), minlength=size * n).reshape(size, n)
+        resampled.append(np.tensordot(weights, per_conversation, axes=1))
+    draws = _fit(np.concatenate(resampled), strength)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0)
     table = pd.DataFrame({"strength": strength, "low": low, "high": high}, index=wide.columns)
