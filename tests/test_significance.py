@@ -174,6 +174,8 @@ def test_default_metrics_and_columns_that_are_no_score():
                                   response="text")
     assert significance.default_metrics(data) == ["score", "latency_ms"]  # cost: one value
     assert significance.default_metrics(data[data["provider"] == "A"]) == []
+    judged_one = data.assign(judge_j=data["score"].where(data["provider"] == "A"))
+    assert significance.default_metrics(judged_one) == ["score", "latency_ms"]  # one provider
     with pytest.raises(ValueError, match="'response' holds .* not a score"):
         significance.significance(data, "response")
     with pytest.raises(ValueError, match="'empty' has no value in any row"):

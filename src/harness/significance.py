@@ -47,11 +47,11 @@ def score_columns(results: pd.DataFrame) -> list[str]:
 
 def default_metrics(results: pd.DataFrame) -> list[str]:
     """What is worth testing in `results`: every score column, then latency, time to first
-    token, output tokens and cost where they are present and not one value for every row."""
-    if results["provider"].nunique() < 2:
-        return []
+    token, output tokens and cost where two providers have values and they are not one value
+    for every row."""
     wanted = score_columns(results) + [c for c in DEFAULT_METRICS if c in results.columns]
-    return [c for c in dict.fromkeys(wanted) if results[c].dropna().nunique() > 1]
+    return [c for c in dict.fromkeys(wanted) if results[c].dropna().nunique() > 1
+            and results.loc[results[c].notna(), "provider"].nunique() > 1]
 
 
 def _conversation_codes(conversations: pd.Series) -> tuple[np.ndarray, int]:

@@ -7,6 +7,7 @@ runs' data as JSON: it opens from a file or a CI artifact with no network at all
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,13 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
 
 
 # bootstrap resamples per interval on the page (the CLI and the API draw 2000): at 10k turns x
-# 5 providers the section then costs about as much as the rest of the page (README, Benchmarks)
+# 5 providers, 3 metrics, the section then costs ~0.8 s of CPU (bench/view_render.py --scores)
 PAGE_BOOT = 1000
 PAGE_BT_BOOT = 200
 
 
-def significance_data(results: pd.DataFrame, verdict_files: list[Path] = ()) -> dict[str, Any]:
+def significance_data(results: pd.DataFrame, verdict_files: Sequence[Path] = ()
+                      ) -> dict[str, Any]:
     """The page's Significance section: `compare.significance` on every score column and the
     default metrics (`significance.default_metrics`), seeded, and the judge's win rates from
     each verdict table in `verdict_files`."""
