@@ -210,6 +210,9 @@ def test_compare_reads_judge_verdicts_as_win_rates(tmp_path, capsys, suffix):
         out = capsys.readouterr().out
         assert expected in " ".join(out.split()), out
         assert "a = A, b = B" in out
+    assert main(["compare", str(scored)]) == 0  # the summary points at them
+    assert f"1 judge verdict table beside it: harness compare {scored} --metric winner" in " ".join(
+        capsys.readouterr().out.split())
     assert main(["compare", str(pairs), "--metric", "winner", "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["a_wins"], row["b_wins"], row["ties"], row["inconsistent"]) == (60, 20, 5, 9)

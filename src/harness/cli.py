@@ -403,7 +403,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.metric:
         return _print_significance(frame, args.metric, args.seed, args.format)
     if args.format == "table":
-        print_report(frame, _console(), args.show, extra)
+        console = _console()
+        print_report(frame, console, args.show, extra)
+        if beside := verdicts.beside(args.results):
+            console.print(f"{len(beside)} judge verdict table{'s' * (len(beside) > 1)} beside "
+                          "it: harness compare "
+                          f"{args.results} --metric winner", highlight=False, markup=False)
         return 0
     tables = {"summary": summary(frame).reset_index(),
               "finish_reasons": compare.finish_reasons(frame).reset_index(),
