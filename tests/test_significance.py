@@ -270,3 +270,16 @@ def test_judge_ratings_and_verdicts_recorded_then_compared(tmp_path, capsys):
     assert significance.win_rates(verdicts)["sentence"].iloc[0] in out
     assert "judge stub-judge, a = p, b = q" in out
     assert f"of {len(verdicts)} judged turns" in out
+
+
+def test_tool_call_match_is_a_pass_fail_metric_of_the_page():
+    outcomes = [(True, False)] * 2 + [(False, True)] * 12 + [(True, True)] * 16
+    rows = [{"conversation_id": f"c{c}", "turn": 1, "provider": p, "tool_call_match": m}
+            for c, pair in enumerate(outcomes) for p, m in zip("AB", pair, strict=True)]
+    data = pd.DataFrame(rows).astype({"tool_call_match": "boolean"})
+    assert significance.default_metrics(data) == ["tool_call_match"]
+    pair = significance.significance(data, "tool_call_match")["pairs"].iloc[0]
+    assert (pair["only_a"], pair["only_b"]) == (2, 12)
+    # exact two-sided binomial: 2 * P(X <= 2), X ~ Bin(14, 1/2) = 2 * (1 + 14 + 91) / 2**14
+    assert pair["mcnemar_p"] == pytest.approx(212 / 16384)
+    assert pair["sentence"].startswith("B beats A on tool_call_match by 0.333")
