@@ -40,9 +40,7 @@ def columns(path: str | Path) -> list[str]:
         return list(record) if isinstance(record, dict) else []
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a table: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # pyarrow's errors have no common base
+    except Exception as exc:  # pyarrow's, pandas' and json's errors have no common base
         raise ValueError(f"{path}: not a table: {str(exc).splitlines()[0]}") from None
 
 
@@ -73,17 +71,24 @@ def load(path: str | Path) -> pd.DataFrame:
         frame["turn"] = pd.to_numeric(frame["turn"], errors="raise").astype("Int64")
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: not a judge verdict table: {str(exc).splitlines()[0]}") from None
+    named = frame[["conversation_id", "provider_a", "provider_b"]].notna().all(axis=1)
+    if not named.all():
+        raise ValueError(f"{path}: row {_first_false(named)}: conversation_id, provider_a and "
+                         "provider_b must be filled in")
     winner = frame["winner"]
     valid = (winner.eq(frame["provider_a"]) | winner.eq(frame["provider_b"])
              | winner.isin(OUTCOMES)).fillna(False)
-    valid &= frame[["conversation_id", "provider_a", "provider_b"]].notna().all(axis=1)
     if not valid.all():
-        i = int((~valid.to_numpy()).argmax())
-        row = frame.iloc[i]
-        raise ValueError(f"{path}: row {i + 1}: winner {_text(row['winner'])} is not "
-                         f"provider_a {_text(row['provider_a'])}, provider_b "
+        row = frame.iloc[_first_false(valid) - 1]
+        raise ValueError(f"{path}: row {_first_false(valid)}: winner {_text(row['winner'])} is "
+                         f"not provider_a {_text(row['provider_a'])}, provider_b "
                          f"{_text(row['provider_b'])}, tie, inconsistent or error")
     return frame
+
+
+def _first_false(flags: pd.Series) -> int:
+    """The 1-based row number of the first False."""
+    return int((~flags.to_numpy(dtype=bool)).argmax()) + 1
 
 
 def _text(value: object) -> str:
