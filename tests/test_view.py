@@ -260,6 +260,8 @@ def test_the_significance_section_is_computed_at_build_time_and_reproducible(jud
     assert "similarity" in metrics and "latency_ms" in metrics
     assert "cost_usd" not in metrics  # every demo provider runs on this machine: $0 each
     similarity = sig["metrics"][metrics.index("similarity")]
+    cli = significance.significance(frame, "similarity", seed=0)  # what compare --metric prints
+    assert [text for text, _ in similarity["sentences"]] == list(cli["pairs"]["sentence"])
     pairs = len(DEMO) * (len(DEMO) - 1) // 2
     assert len(similarity["pairs"]["rows"]) == len(similarity["sentences"]) == pairs
     assert similarity["strengths"] is not None and len(similarity["providers"]["rows"]) == len(DEMO)

@@ -113,10 +113,11 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# bootstrap resamples per interval on the page (the CLI and the API draw 2000): at 10k turns x
-# 5 providers, 3 metrics, the section then costs ~0.8 s of CPU (bench/view_render.py --scores)
-PAGE_BOOT = 1000
-PAGE_BT_BOOT = 200
+# bootstrap resamples per interval, as `compare --metric` draws them, so the page shows the
+# numbers the CLI prints: at 10k turns x 5 providers, 3 metrics, ~1.3 s of CPU
+# (bench/view_render.py --scores); 1000 and 200 would make it ~0.9 s
+PAGE_BOOT = 2000
+PAGE_BT_BOOT = 500
 
 
 def significance_data(results: pd.DataFrame, verdict_files: Sequence[Path] = ()
