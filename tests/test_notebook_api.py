@@ -91,8 +91,9 @@ EXPECTED = {
     "significance pairs": {"a": C, "b": C, "diff": F, "low": F, "high": F, "conversations": N,
                            "turns": N, "only_a": N, "only_b": N, "mcnemar_p": F, "sentence": S},
     "significance strengths": {"strength": F, "low": F, "high": F},
-    "win_rates": {"a": S, "b": S, "a_wins": N, "b_wins": N, "ties": N, "inconsistent": N,
-                  "errors": N, "a_win_rate": F, "low": F, "high": F, "sentence": S},
+    "win_rates": {"a": S, "b": S, "judged": N, "a_wins": N, "b_wins": N, "ties": N,
+                  "inconsistent": N, "errors": N, "a_win_rate": F, "low": F, "high": F,
+                  "conversations": N, "sentence": S},
 }
 PER_PROVIDER = ("finish_reasons", "usage", "tool_calls", "similarity", "score_table",
                 "significance providers", "significance strengths")
