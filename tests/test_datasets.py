@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness.datasets import (
@@ -282,7 +283,8 @@ def test_frames_columns_and_rows():
     assert (first["prompt"], first["reference"], first["n_prefix_messages"]) == (
         "Weather in\nParis?", "18C and sunny.", 2)
     assert turns.loc[turns["conversation_id"] == "81", "reference"].isna().all()
-    assert turns["turn"].dtype == "int64"
+    assert turns["turn"].dtype == "Int64"  # the results' dtype set: missing is <NA>, not NaN
+    assert turns.loc[turns["conversation_id"] == "81", "reference"].iloc[0] is pd.NA
 
 
 def test_empty_frames_keep_their_columns():

@@ -172,7 +172,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         if column in usage:
             table[name] = usage[column].map(_compact).astype("string")
     cost = usage["cost_usd"] if "cost_usd" in usage else (
-        frame.groupby("provider", sort=False)["cost_usd"].sum(min_count=1)
+        frame.groupby("provider", sort=False, observed=True)["cost_usd"].sum(min_count=1)
         if "cost_usd" in frame else None)
     if cost is not None:
         table["cost $"] = cost.map(lambda v: None if pd.isna(v) else f"{v:.4g}").astype("string")
@@ -319,7 +319,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
         order = [c.id for c in dataset.conversations]
-        return _interrupted(args, results.to_frame(finished, order=order), total, journal)
+        frame = results.to_frame(finished, order=order, providers=[p.name for p in providers])
+        return _interrupted(args, frame, total, journal)
     finally:
         _close_dask(client)
     print_report(frame, console, args.show, {p.name: p for p in providers})

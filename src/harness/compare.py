@@ -7,7 +7,7 @@ import pandas as pd
 
 from .costs import cost_table
 from .messages import FINISH_REASONS
-from .results import SORT_KEY, TOKEN_COLUMNS
+from .results import SORT_KEY, TOKEN_COLUMNS, apply_dtypes, by_provider, nullable, providers, unify
 from .scores import DEFAULT_SCORERS, SCORERS, score
 
 KEY = ["conversation_id", "turn"]
@@ -15,24 +15,26 @@ KEY = ["conversation_id", "turn"]
 
 def side_by_side(results: pd.DataFrame, column: str = "response") -> pd.DataFrame:
     """One row per (conversation, turn): the prompt, the reference and each provider's reply."""
+    results = apply_dtypes(results)
     base = results.drop_duplicates(KEY)[KEY + ["prompt", "reference"]].set_index(KEY)
     wide = results.pivot(index=KEY, columns="provider", values=column)
-    wide.columns.name = None
-    order = list(dict.fromkeys(results["provider"]))
-    return base.join(wide[order]).reset_index()
+    order = providers(results)
+    wide = wide[order].set_axis(pd.Index(order, dtype=object), axis=1)
+    return nullable(base.join(wide).reset_index())
 
 
 def finish_reasons(results: pd.DataFrame) -> pd.DataFrame:
     """Provider x canonical finish reason counts (skipped turns counted as `skipped`)."""
-    skipped = results["status"].eq("skipped").fillna(False).astype(bool)
+    results = apply_dtypes(results)
+    skipped = results["status"].eq("skipped").to_numpy(dtype=bool)
     # a row with no reason that was not skipped (a hand-made or imported one) is `other`
-    reason = results["finish_reason"].mask(results["finish_reason"].isna() & skipped, "skipped")
-    reason = reason.fillna("other")
-    table = pd.crosstab(results["provider"], reason)
+    reason = results["finish_reason"].astype("string")
+    reason = reason.mask(reason.isna() & skipped, "skipped").fillna("other")
+    table = pd.crosstab(results["provider"].astype("string"), reason)
     present = [r for r in (*FINISH_REASONS, "skipped") if r in table.columns]
     table = table.reindex(columns=present + [c for c in table.columns if c not in present])
-    table.columns.name = None
-    return table.reindex(list(dict.fromkeys(results["provider"]))).astype("Int64")
+    table.columns = pd.Index(table.columns, dtype=object)
+    return by_provider(table, results)
 
 
 def usage(results: pd.DataFrame) -> pd.DataFrame:
@@ -42,13 +44,13 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     `cost_usd` is the sum over answered turns, `cost_per_turn_usd` and
     `cost_per_1k_turns_usd` its mean per answered turn; NA when a model has no price.
     """
-    groups = results.groupby("provider", sort=False)
-    table = pd.DataFrame({
-        "turns": groups.size(),
-        "ok": groups["status"].apply(lambda s: int((s == "ok").sum())),
-        "errors": groups["status"].apply(lambda s: int((s == "error").sum())),
-        "skipped": groups["status"].apply(lambda s: int((s == "skipped").sum())),
-    })
+    results = apply_dtypes(results)
+    groups = results.groupby("provider", sort=True, observed=True)
+    status = results["status"]
+    table = pd.DataFrame({"ok": status == "ok", "errors": status == "error",
+                          "skipped": status == "skipped"}).groupby(results["provider"],
+                                                                   observed=True).sum()
+    table.insert(0, "turns", groups.size())
     for column in TOKEN_COLUMNS:
         if results[column].notna().any():
             table[column] = groups[column].sum(min_count=1)
@@ -57,12 +59,12 @@ def usage(results: pd.DataFrame) -> pd.DataFrame:
     latency = groups["latency_ms"]
     table["latency_p50_ms"] = latency.quantile(0.5).round(1)
     table["latency_p95_ms"] = latency.quantile(0.95).round(1)
-    table = table.join(stream_latency(results))
-    table["retries"] = groups["attempts"].apply(lambda s: int((s.fillna(1) - 1).clip(lower=0).sum()))
+    table = by_provider(table, results).join(stream_latency(results))
+    retries = (results["attempts"].fillna(1) - 1).clip(lower=0)
+    table["retries"] = retries.groupby(results["provider"], observed=True).sum()
     if "cost_usd" in results:
-        table = table.join(cost_table(results))
-    table.index.name = "provider"
-    return table
+        table = table.join(by_provider(cost_table(results), results))
+    return by_provider(table, results)
 
 
 STREAM_STATS = (("ttft_ms", "ttft_{}_ms"), ("ttfb_ms", "ttfb_{}_ms"), ("itl_ms", "itl_{}_ms"),
@@ -72,42 +74,38 @@ STREAM_STATS = (("ttft_ms", "ttft_{}_ms"), ("ttfb_ms", "ttfb_{}_ms"), ("itl_ms",
 def stream_latency(results: pd.DataFrame) -> pd.DataFrame:
     """Per provider, p50 and p95 of time to first token and byte, inter-token latency and
     output tokens per second; no columns when no row was streamed (see harness.timings)."""
-    providers = list(dict.fromkeys(results["provider"]))
+    results = apply_dtypes(results)
     if "ttft_ms" not in results or not results["ttft_ms"].notna().any():
-        return pd.DataFrame(index=pd.Index(providers, name="provider"))
-    groups = results.groupby("provider", sort=False)
-    table = pd.DataFrame(index=pd.Index(providers, name="provider"))
-    for column, name in STREAM_STATS:
-        values = groups[column]
-        table[name.format("p50")] = values.quantile(0.5).round(1)
-        table[name.format("p95")] = values.quantile(0.95).round(1)
-    return table
+        return by_provider(pd.DataFrame(index=pd.Index([], dtype=object)), results)
+    groups = results.groupby("provider", observed=True)
+    table = pd.DataFrame({name.format(f"p{round(q * 100)}"): groups[column].quantile(q).round(1)
+                          for column, name in STREAM_STATS for q in (0.5, 0.95)})
+    return by_provider(table, results)
 
 
 def tool_calls(results: pd.DataFrame) -> pd.DataFrame:
     """Per provider, over turns whose dataset reply is a tool call: how many, how many of the
     replies called tools, and how many matched (`tool_call_match`: same names and canonical
     arguments; error rows are not scored)."""
+    results = apply_dtypes(results)
     scored = results[results["reference_tool_calls"].notna()]
-    groups = scored.groupby("provider", sort=False)
     table = pd.DataFrame({
-        "reference_tool_calls": groups.size(),
-        "replied_with_tool_calls": groups["tool_calls"].apply(lambda s: int(s.notna().sum())),
-        "tool_call_matches": groups["tool_call_match"].apply(lambda s: int(s.fillna(False).sum())),
-    })
+        "reference_tool_calls": True,
+        "replied_with_tool_calls": scored["tool_calls"].notna(),
+        "tool_call_matches": scored["tool_call_match"].fillna(False).astype(bool),
+    }, index=scored.index).groupby(scored["provider"], observed=True).sum()
     table["tool_call_match_rate"] = (table["tool_call_matches"]
                                      / table["reference_tool_calls"]).round(3)
-    table.index.name = "provider"
-    return table
+    return by_provider(table, scored)
 
 
 def similarity(results: pd.DataFrame) -> pd.DataFrame:
     """Mean text similarity (0..1, rapidfuzz's normalized Indel) of each provider's replies to
     the reference. difflib's ratio, used before, drops on texts over 200 characters."""
-    scored = score(results, ["similarity"]).dropna(subset=["similarity"])
-    out = scored.groupby("provider", sort=False)["similarity"].agg(["mean", "count"])
+    scored = score(apply_dtypes(results), ["similarity"]).dropna(subset=["similarity"])
+    out = scored.groupby("provider", observed=True)["similarity"].agg(["mean", "count"])
     out = out.rename(columns={"mean": "similarity", "count": "turns_with_reference"})
-    return out.astype({"similarity": float}).round(3)
+    return by_provider(out.astype({"similarity": "Float64"}).round(3), scored)
 
 
 def scores(results: pd.DataFrame, scorers=DEFAULT_SCORERS) -> pd.DataFrame:
@@ -118,10 +116,10 @@ def scores(results: pd.DataFrame, scorers=DEFAULT_SCORERS) -> pd.DataFrame:
 def score_table(results: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
     """Per provider, the mean of each score column (pass/fail ones as a pass rate)."""
     columns = columns or [c for c in results.columns if c in SCORERS or c.startswith("judge_")]
+    results = apply_dtypes(results)
     numeric = results[["provider", *columns]].astype({c: "Float64" for c in columns})
-    table = numeric.groupby("provider", sort=False)[columns].mean().round(3)
-    table.index.name = "provider"
-    return table
+    table = numeric.groupby("provider", observed=True)[columns].mean().round(3)
+    return by_provider(table, results)
 
 
 def significance(results: pd.DataFrame, metric: str, **kwargs) -> dict[str, pd.DataFrame]:
@@ -145,6 +143,7 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame,
     every `*_tokens` column) to the largest difference still counted as unchanged.
     """
     key = SORT_KEY
+    baseline, current = unify(apply_dtypes(baseline), apply_dtypes(current))
     columns = tuple(c for c in columns if c not in ignore)
     limits = _tolerances(columns, tolerance or {}, baseline)
     merged = baseline[[*key, *columns]].merge(
@@ -173,7 +172,7 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame,
     for c in columns:
         for s in ("before", "after"):
             out[f"{c}_{s}"] = merged.loc[keep, f"{c}_{s}"]
-    return out.sort_values(key, kind="stable").reset_index(drop=True)
+    return nullable(out.sort_values(key, kind="stable").reset_index(drop=True))
 
 
 def _tolerances(columns: tuple[str, ...], tolerance: dict[str, float],
@@ -228,6 +227,7 @@ def conversation(results: pd.DataFrame, conversation_id: str,
     One row per message (`role` is user, reference or reply; `provider` names who replied),
     so it reads top to bottom like the chat it was.
     """
+    results = apply_dtypes(results)
     rows = results[results["conversation_id"] == conversation_id]
     if rows.empty:
         known = ", ".join(list(dict.fromkeys(results["conversation_id"]))[:5])
@@ -248,9 +248,9 @@ def conversation(results: pd.DataFrame, conversation_id: str,
                         "latency_ms": row.latency_ms})
     frame = pd.DataFrame(out, columns=["turn", "role", "provider", "text", "finish_reason",
                                        "output_tokens", "latency_ms"])
-    return frame.astype({"turn": "Int64", "role": "string", "provider": "string", "text": "string",
-                         "finish_reason": "string", "output_tokens": "Int64",
-                         "latency_ms": "Float64"})
+    return frame.astype({"turn": "Int64", "role": "string", "provider": results["provider"].dtype,
+                         "text": "string", "finish_reason": results["finish_reason"].dtype,
+                         "output_tokens": "Int64", "latency_ms": "Float64"})
 
 
 def show(frame: pd.DataFrame, na: str = "—"):
@@ -263,7 +263,7 @@ def show(frame: pd.DataFrame, na: str = "—"):
     except ImportError:
         return frame
     text = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])
-            or frame[c].dtype == object]
+            or frame[c].dtype == object or isinstance(frame[c].dtype, pd.CategoricalDtype)]
     return (frame.style.hide(axis="index")
             .format(na_rep=na, precision=1)
             .set_properties(subset=text, **{"text-align": "left", "white-space": "pre-wrap"})

@@ -159,7 +159,7 @@ def add_costs(frame: pd.DataFrame, providers: Mapping[str, Provider] | None = No
     cost = pd.Series(pd.NA, index=frame.index, dtype="Float64")
     if len(frame):
         parts = _usage(frame)
-        for (name, model), index in frame.groupby(["provider", "model"], sort=False,
+        for (name, model), index in frame.groupby(["provider", "model"], sort=False, observed=True,
                                                   dropna=False).groups.items():
             provider = known.get(name)
             how = pricing(provider, None if pd.isna(model) else model)
@@ -174,7 +174,7 @@ def unpriced_summary(frame: pd.DataFrame, providers: Mapping[str, Provider] | No
     known = {**PRESETS, **(providers or {})}
     lines, local = [], []
     ok = frame[frame["status"] == "ok"]
-    for (name, model), group in ok.groupby(["provider", "model"], sort=False, dropna=False):
+    for (name, model), group in ok.groupby(["provider", "model"], sort=False, observed=True, dropna=False):
         provider = known.get(name)
         how = pricing(provider, None if pd.isna(model) else model)
         turns = len(group)
@@ -197,7 +197,7 @@ def cost_table(results: pd.DataFrame) -> pd.DataFrame:
     NA when any answered turn is unpriced: a partial sum would read as the whole cost.
     """
     ok = results["status"] == "ok"
-    groups = results[ok].groupby("provider", sort=False)["cost_usd"]
+    groups = results[ok].groupby("provider", sort=False, observed=True)["cost_usd"]
     complete = groups.apply(lambda s: bool(s.notna().all()))
     total = groups.sum(min_count=1).where(complete)
     turns = groups.size()

@@ -126,9 +126,9 @@ class Dataset:
                     if calls else None,
                     "tool_call_id": getattr(m, "tool_call_id", None), **extra,
                 })
-        return _frame(rows, MESSAGE_COLUMNS, {"position": "int64", "turn": "int64", "role": "str",
-                                              "content": "str", "tool_calls": "str",
-                                              "tool_call_id": "str"})
+        return _frame(rows, MESSAGE_COLUMNS, {"position": "Int64", "turn": "Int64", "role": "string",
+                                              "content": "string", "tool_calls": "string",
+                                              "tool_call_id": "string"})
 
     def turns_frame(self) -> pd.DataFrame:
         """One row per user turn: prompt, reference, prefix length, + scalar metadata."""
@@ -138,8 +138,8 @@ class Dataset:
             rows += [{"conversation_id": t.conversation_id, "turn": t.turn, "prompt": t.prompt,
                       "reference": t.reference, "n_prefix_messages": len(t.prefix), **extra}
                      for t in conversation_turns(conv)]
-        return _frame(rows, TURN_COLUMNS, {"turn": "int64", "prompt": "str", "reference": "str",
-                                           "n_prefix_messages": "int64"})
+        return _frame(rows, TURN_COLUMNS, {"turn": "Int64", "prompt": "string", "reference": "string",
+                                           "n_prefix_messages": "Int64"})
 
 
 def load_dataset(
@@ -444,9 +444,12 @@ def _scalar_metadata(conv: Conversation, taken: tuple[str, ...]) -> dict[str, An
 
 
 def _frame(rows: list[dict], columns: tuple[str, ...], dtypes: dict[str, str]) -> pd.DataFrame:
+    """Rows on the results' dtype set: missing is <NA> (metadata too), never NaN or "None"."""
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in columns))
-    frame = pd.DataFrame(rows, columns=[*columns, *extra])
-    return frame.astype({"conversation_id": "str", **dtypes})
+    frame = pd.DataFrame(rows, columns=list(columns)).astype({"conversation_id": "string", **dtypes})
+    for key in extra:  # pd.array infers Int64 / Float64 / boolean / string from the values
+        frame[key] = pd.array([r.get(key) for r in rows])
+    return frame
 
 
 # -- files -> records -------------------------------------------------------------------------

@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from . import compare
-from .results import SORT_KEY
+from .results import SORT_KEY, concat
 
 
 def junit_xml(changes: pd.DataFrame, current: pd.DataFrame, baseline: pd.DataFrame,
               suite: str = "harness diff") -> bytes:
     """One test case per (conversation, turn, provider) of either run; changed ones fail."""
-    rows = pd.concat([current[SORT_KEY], baseline[SORT_KEY]]).drop_duplicates()
+    rows = concat([current[SORT_KEY], baseline[SORT_KEY]]).drop_duplicates()
     rows = rows.sort_values(SORT_KEY, kind="stable")
     failed = {(c, int(t), p): i for i, (c, t, p) in
               enumerate(zip(changes["conversation_id"], changes["turn"], changes["provider"],

@@ -481,7 +481,8 @@ def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
         for folder in folders:
             end_rerecording(folder)
     dataset = run.dataset
-    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations]),
+    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations],
+                                           providers=[p.name for p in run.providers]),
                       {p.name: p for p in run.providers})
     frame.attrs["run"] = results_mod.run_info(dataset, run.providers, run.history,
                                               run.record_mode, run.params)

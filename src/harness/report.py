@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import compare
+from .results import providers as provider_order
 
 
 def _axes(ax, rows: int):
@@ -37,7 +38,7 @@ def plot_finish_reasons(results: pd.DataFrame, ax=None):
 def plot_tokens(results: pd.DataFrame, ax=None):
     """Output tokens per turn, one box per provider."""
     ok = results[results["output_tokens"].notna()]
-    providers = list(dict.fromkeys(ok["provider"]))
+    providers = provider_order(ok)
     ax = _axes(ax, len(providers))
     if not providers:  # every turn failed: nothing to draw, but the page is still wanted
         ax.text(0.5, 0.5, "no row has output tokens", ha="center", va="center",

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .messages import Reply, Usage
+from .messages import FINISH_REASONS, Reply, Usage
 from .tools import calls_json, from_json, tool_call_match
 
 
@@ -84,8 +85,14 @@ class TurnResult:
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TurnResult))
 TIMING_COLUMNS = ("e2e_ms", "ttfb_ms", "ttft_ms", "ttfc_ms", "itl_ms", "output_tokens_per_s")
 TOKEN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if f.name != "usage_raw")
+STATUSES: tuple[str, ...] = ("ok", "error", "skipped")
+# ordered categoricals: provider in the run's order; the others a fixed vocabulary, in this
+# order, then any value outside it (sorted), kept rather than lost (a newer harness's reason)
+VOCABULARIES: dict[str, tuple[str, ...]] = {"finish_reason": FINISH_REASONS, "status": STATUSES}
+CATEGORICAL = ("provider", "finish_reason", "status")
 DTYPES: dict[str, str] = {
     **{c: "string" for c in COLUMNS},
+    **{c: "category" for c in CATEGORICAL},
     **{c: "Int64" for c in TOKEN_COLUMNS},
     "turn": "Int64",
     "http_status": "Int64",
@@ -96,16 +103,19 @@ DTYPES: dict[str, str] = {
     "cost_usd": "Float64",
 }
 SORT_KEY = ["conversation_id", "turn", "provider"]
-_ARROW = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
+_ARROW = {"string": pa.string(), "category": pa.string(), "Int64": pa.int64(), "Float64": pa.float64(),
           "boolean": pa.bool_()}
 _PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
            pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
-def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) -> pd.DataFrame:
+def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None,
+             providers: list[str] | None = None) -> pd.DataFrame:
     """Rows as the results DataFrame: the documented columns and dtypes, in a stable order.
 
-    `order` lists conversation ids in dataset order; without it rows sort by id.
+    `order` lists conversation ids in dataset order (without it rows sort by id); `providers`
+    the run's providers, the order of the `provider` categories (without it: sorted by name).
+    Rows sort by conversation, turn, then provider in that order.
     """
     records = [vars(r) if isinstance(r, TurnResult) else r for r in rows]  # flat: no asdict copy
     try:  # through Arrow, column by column: values of the right types need no inference
@@ -114,7 +124,8 @@ def to_frame(rows: Iterable[TurnResult | dict], order: list[str] | None = None) 
                           for c, values in zip(COLUMNS, columns, strict=True)})
         frame = table.to_pandas(types_mapper=_PANDAS.get)
     except (pa.ArrowException, KeyError, TypeError, ValueError):  # e.g. 3.7 in an Int64 column
-        frame = normalize(pd.DataFrame.from_records(records, columns=list(COLUMNS)))
+        frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    frame = normalize(frame, providers)
     if order is not None:
         rank = {cid: i for i, cid in enumerate(order)}
         frame = frame.assign(_rank=frame["conversation_id"].map(rank))
@@ -129,18 +140,158 @@ ADDED_COLUMNS = ("cache_write_input_tokens", "usage_raw", "reference_tool_calls"
                  *TIMING_COLUMNS)
 
 
-def normalize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Coerce any frame with the result columns onto the documented dtypes."""
+def normalize(frame: pd.DataFrame, providers: list[str] | None = None) -> pd.DataFrame:
+    """Coerce any frame with the result columns onto the documented columns and dtypes."""
     if "e2e_ms" not in frame.columns and "latency_ms" in frame.columns:  # the same measurement
         frame = frame.assign(e2e_ms=frame["latency_ms"])
     frame = frame.assign(**{c: None for c in ADDED_COLUMNS if c not in frame.columns})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"not a results table: missing columns {', '.join(missing)}")
-    frame = frame[list(COLUMNS)].copy()
-    for column, dtype in DTYPES.items():
-        frame[column] = _as_dtype(frame[column], dtype)
-    return frame
+    # a copy: columns read from Parquet can be read-only views of Arrow's memory
+    return apply_dtypes(frame[list(COLUMNS)].copy(), providers)
+
+
+def apply_dtypes(frame: pd.DataFrame, providers: list[str] | None = None) -> pd.DataFrame:
+    """`frame` with each of its result columns on the documented dtype (`DTYPES`); other
+    columns (scores, ...) as they are. The same frame when nothing needed converting.
+
+    `provider`, `finish_reason` and `status` become ordered categoricals (`categories`).
+    Provider categories: `providers`, else the column's own when it is a categorical already,
+    else the providers of the run in `frame.attrs["run"]`; then any other name, sorted.
+    Plain strings (a CSV, a streamed Parquet row group) are fine input.
+    """
+    converted = {}
+    for column in frame.columns:
+        dtype = DTYPES.get(column)
+        if dtype is None:
+            continue
+        values = frame[column]
+        if dtype == "category":
+            target = categories(column, values, providers if column == "provider" else None,
+                                frame.attrs.get("run"))
+            if values.dtype != target:
+                converted[column] = _categorical(values, target)
+        elif str(values.dtype) != dtype:
+            converted[column] = pd.Series(_as_dtype(values, dtype), index=frame.index)
+    return _replaced(frame, converted)
+
+
+def categories(column: str, values: pd.Series, providers: list[str] | None = None,
+               run: dict | None = None) -> pd.CategoricalDtype:
+    """The ordered categorical dtype of `column` (`provider`, `finish_reason` or `status`)
+    for `values`: every value they hold has a category, none is lost."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        seen = [str(v) for v in values.cat.categories]
+    else:
+        seen = [str(v) for v in pd.unique(values.dropna())]
+    if column in VOCABULARIES:
+        fixed = VOCABULARIES[column]
+        names = [*fixed, *sorted(set(seen) - set(fixed))]
+    else:
+        if providers is None and isinstance(values.dtype, pd.CategoricalDtype):
+            providers = seen
+        elif providers is None and isinstance(run, dict):
+            providers = [p["name"] for p in run.get("providers") or []
+                         if isinstance(p, dict) and isinstance(p.get("name"), str)]
+        names = list(dict.fromkeys([*(providers or []), *sorted(seen)]))
+    return pd.CategoricalDtype(names, ordered=True)
+
+
+def _categorical(values: pd.Series, dtype: pd.CategoricalDtype) -> pd.Series:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        if not all(isinstance(c, str) for c in values.cat.categories):
+            values = values.cat.rename_categories([str(c) for c in values.cat.categories])
+        return values.cat.set_categories(dtype.categories, ordered=True)
+    if not pd.api.types.is_string_dtype(values.dtype):  # 42 read back from a CSV as a number
+        values = pd.Series(_as_dtype(values, "string"), index=values.index)
+    return pd.Series(pd.Categorical(values, dtype=dtype), index=values.index, name=values.name)
+
+
+def unify(*frames: pd.DataFrame) -> list[pd.DataFrame]:
+    """The frames with the same categories on each categorical column: the union of theirs
+    (providers in order of first appearance), so they concatenate and merge without
+    falling back to plain strings or `object`."""
+    out = list(frames)
+    for column in CATEGORICAL:
+        holding = [f for f in out if column in f.columns]
+        if not holding:
+            continue
+        names = list(dict.fromkeys(
+            c for f in holding for c in categories(column, f[column], run=f.attrs.get("run")
+                                                   ).categories))
+        target = categories(column, pd.Series(names, dtype="string"), names)
+        out = [_on_dtype(f, column, target) if column in f.columns else f for f in out]
+    return out
+
+
+def _on_dtype(frame: pd.DataFrame, column: str, dtype: pd.CategoricalDtype) -> pd.DataFrame:
+    if frame[column].dtype == dtype:
+        return frame
+    return _replaced(frame, {column: _categorical(frame[column], dtype)})
+
+
+def concat(frames: Iterable[pd.DataFrame], **kwargs: Any) -> pd.DataFrame:
+    """Results frames (several runs, a run and its baseline) as one: `pd.concat` with each
+    categorical column on the union of the runs' categories."""
+    return pd.concat(unify(*frames), **kwargs)
+
+
+def nullable(frame: pd.DataFrame) -> pd.DataFrame:
+    """A derived table on the documented dtype set: integers `Int64`, other numbers
+    `Float64`, flags `boolean`, text `string`; categoricals and nullable columns as they are."""
+    converted = {}
+    for column in frame.columns:
+        values = frame[column]
+        dtype = values.dtype
+        if isinstance(dtype, pd.CategoricalDtype) or str(dtype) in NULLABLE:
+            continue
+        if pd.api.types.is_bool_dtype(dtype):
+            converted[column] = values.astype("boolean")
+        elif pd.api.types.is_integer_dtype(dtype):
+            converted[column] = values.astype("Int64")
+        elif pd.api.types.is_float_dtype(dtype):
+            converted[column] = values.astype("Float64")
+        elif pd.api.types.is_string_dtype(dtype) or pd.api.types.infer_dtype(values) in (
+                "string", "empty"):
+            converted[column] = pd.Series(_as_dtype(values, "string"), index=frame.index)
+        else:  # mixed or numeric objects: whatever pandas makes of them, nullable
+            converted[column] = values.convert_dtypes(convert_integer=False)
+    return _replaced(frame, converted)
+
+
+def providers(frame: pd.DataFrame) -> list[str]:
+    """The providers `frame` has rows for, in the order of its `provider` categories (the
+    run's order), else in order of appearance."""
+    values = frame["provider"]
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes = np.unique(values.cat.codes.to_numpy())
+        return [str(values.cat.categories[k]) for k in codes if k >= 0]
+    return [str(v) for v in pd.unique(values.dropna())]
+
+
+def by_provider(table: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """A per-provider table indexed like every other: one row per provider of `results`, in
+    their order, the index of `results`' provider dtype, the columns on the nullable set."""
+    dtype = results["provider"].dtype
+    names = providers(results)
+    index = (pd.CategoricalIndex(names, dtype=dtype, name="provider")
+             if isinstance(dtype, pd.CategoricalDtype) else pd.Index(names, name="provider"))
+    table = table.set_axis(table.index.astype(object)).reindex(pd.Index(names, dtype=object))
+    return nullable(table).set_axis(index)
+
+
+NULLABLE = frozenset({"Int64", "Float64", "boolean", "string"})
+
+
+def _replaced(frame: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """`frame` with these columns replaced (the frame itself when there are none)."""
+    if not columns:
+        return frame
+    out = frame.copy(deep=False)
+    for column, values in columns.items():
+        out[column] = values
+    return out
 
 
 _NUMBERS = frozenset({"integer", "floating", "mixed-integer-float", "empty"})
@@ -160,7 +311,8 @@ def _as_dtype(values: pd.Series, dtype: str):
     elif dtype == "Float64":
         cleaned = [None if v is None else float(v) for v in cleaned]
     elif dtype == "boolean":
-        cleaned = [None if v is None else v if isinstance(v, bool) else str(v).lower() == "true"
+        cleaned = [None if v is None else v if isinstance(v, bool) else bool(v)
+                   if isinstance(v, int | float) else str(v).lower() in ("true", "1", "1.0")
                    for v in cleaned]
     else:
         cleaned = [None if v is None else str(v) for v in cleaned]
@@ -251,6 +403,7 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
             run = json.loads(run_file(path).read_text(encoding="utf-8"))
         except ValueError:
             run = None  # metadata only feeds the view's header: never a reason to fail
+    frame.attrs = {"run": run} if isinstance(run, dict) else {}  # its providers' order
     priced = "cost_usd" in frame.columns
     if not priced:  # written before harness priced rows
         frame = frame.assign(cost_usd=None)
@@ -264,14 +417,27 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
 
         out = add_costs(out, providers)
     if extra:
-        extras = frame[extra].copy()
-        for column in extra:  # pass/fail scores come back from CSV/JSONL as objects when NA is
-            if pd.api.types.infer_dtype(extras[column], skipna=True) == "boolean":  # present
-                extras[column] = extras[column].astype("boolean")
-        out = out.join(extras)
+        out = out.join(_score_dtypes(frame[extra]))
     out.attrs = {"run": run} if isinstance(run, dict) else {}
     out.attrs["path"] = str(path)
     return out
+
+
+def _score_dtypes(extras: pd.DataFrame) -> pd.DataFrame:
+    """Score columns as `harness.scores` made them (CSV/JSONL read pass/fail ones back as
+    objects or 1.0/0.0): pass/fail `boolean`, graded and judge ratings `Float64`."""
+    from .scores import SCORERS
+
+    typed = {}
+    for column in extras.columns:
+        values = extras[column]
+        known = SCORERS.get(str(column))
+        kind = pd.api.types.infer_dtype(values, skipna=True)
+        if (known is not None and known.pass_fail) or kind == "boolean":
+            typed[column] = pd.Series(_as_dtype(values, "boolean"), index=values.index)
+        elif known is not None or str(column).startswith("judge_"):
+            typed[column] = pd.Series(_as_dtype(values, "Float64"), index=values.index)
+    return nullable(_replaced(extras, typed))
 
 
 class JournalWriteError(OSError):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .results import COLUMNS
+from .results import COLUMNS, apply_dtypes, by_provider, nullable, providers
 from .scores import SCORERS
 
 KEY = ["conversation_id", "turn"]
@@ -105,6 +105,7 @@ def mcnemar(only_a: int, only_b: int) -> float:
 def _wide(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
     if metric not in results.columns:
         raise ValueError(f"no column {metric!r} in the results (score them first: harness score)")
+    results = apply_dtypes(results)
     values = results[metric]
     known = SCORERS.get(metric)  # JSONL reads pass/fail scores back as 1.0 / 0.0
     pass_fail = pd.api.types.is_bool_dtype(values.dtype) or bool(known and known.pass_fail)
@@ -118,9 +119,9 @@ def _wide(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
                          "harness score fills it)")
     frame = results[KEY + ["provider"]].assign(value=numeric.to_numpy())
     wide = frame.pivot_table(index=KEY, columns="provider", values="value", aggfunc="first",
-                             dropna=False, sort=False)
-    order = [p for p in pd.unique(results["provider"].to_numpy()) if p in wide.columns]
-    return wide[order], pass_fail
+                             dropna=False, sort=False, observed=True)
+    order = [p for p in providers(results) if p in wide.columns]
+    return wide[order].set_axis(pd.Index(order, dtype=object), axis=1), pass_fail
 
 
 def _fmt(x: float) -> str:
@@ -211,6 +212,20 @@ def significance(results: pd.DataFrame, metric: str, *, n_boot: int = 2000, seed
         out["strengths"] = bradley_terry(-wide if better == "lower" else wide, conversations,
                                          n_boot=min(n_boot, bt_boot), rng=rng,
                                          confidence=confidence)
+    return _typed(out, apply_dtypes(results))
+
+
+def _typed(tables: dict[str, pd.DataFrame], results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables on the results' dtypes: providers as the run's categorical, the rest nullable."""
+    out = {}
+    for name, table in tables.items():
+        if table.index.name == "provider":
+            order = table.index  # strengths: strongest first
+            table = by_provider(table, results).loc[order.astype(object)]
+        else:
+            table = nullable(table).astype({c: results["provider"].dtype for c in ("a", "b")
+                                            if c in table.columns})
+        out[name] = table
     return out
 
 
@@ -294,7 +309,7 @@ def win_rates(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                      "ties": ties, "inconsistent": inconsistent, "errors": errors,
                      "a_win_rate": rate, "low": low, "high": high,
                      "conversations": conversations, "sentence": sentence})
-    return pd.DataFrame(rows, columns=WIN_COLUMNS)
+    return nullable(pd.DataFrame(rows, columns=WIN_COLUMNS))
 
 
 WIN_COLUMNS = ["a", "b", "judged", "a_wins", "b_wins", "ties", "inconsistent", "errors",

@@ -20,6 +20,7 @@ from . import compare, verdicts
 from .datasets import Turn, conversation_turns, load_dataset
 from .messages import Conversation, Reply
 from .results import COLUMNS
+from .results import providers as provider_order
 from .significance import default_metrics, direction, win_rates
 
 ROW_COLUMNS = ("conversation_id", "turn", "provider", "model", "prompt", "response",
@@ -98,7 +99,7 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
                                           "finish_reason")), strict=True):
             replies.setdefault((cid, provider), {})[turn] = Reply(
                 text=text or "", finish_reason=reason or "other")
-    providers = list(dict.fromkeys(results["provider"]))
+    providers = provider_order(results)
     out: dict[str, Any] = {}
     for conversation in dataset.conversations:
         if conversation.id not in wanted:
@@ -166,7 +167,7 @@ def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = N
     data: dict[str, Any] = {
         "name": name,
         "meta": run,
-        "providers": list(dict.fromkeys(results["provider"])),
+        "providers": provider_order(results),
         "rows": _columns(results.assign(prompt=results["prompt"].where(
             ~results.duplicated(["conversation_id", "turn"]))),  # once per turn, not per provider
             [c for c in ROW_COLUMNS if c in results.columns] + extra),
