@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import Any
@@ -80,7 +80,7 @@ class Bridge:
         self.httpd.server_close()
         self.client.close()
 
-    def answer(self, path: str, raw: bytes) -> tuple[int, bytes | Iterator[bytes], str]:
+    def answer(self, path: str, raw: bytes) -> tuple[int, bytes | Generator[bytes, None, None], str]:
         """(status, body, content type) of the reply to one request; a streamed reply's body
         is an iterator of its events, translated from the upstream's as they arrive."""
         route = path.split("?")[0]
@@ -119,7 +119,7 @@ class Bridge:
         return 200, payload, "application/json"
 
     @staticmethod
-    def _stream(adapter: ModuleType, response: httpx.Response, model: str) -> Iterator[bytes]:
+    def _stream(adapter: ModuleType, response: httpx.Response, model: str) -> Generator[bytes, None, None]:
         """`adapter`'s stream events, each as soon as the upstream chunk behind it arrives;
         the end events from the whole upstream stream (its finish reason, usage, tool calls)."""
         scanner = StreamScanner(ndjson=False)
@@ -167,10 +167,11 @@ class Bridge:
                     for event in payload:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                         self.wfile.flush()
-                except (httpx.HTTPError, ValueError):  # the upstream broke off: so does the stream
+                    self.wfile.write(b"0\r\n\r\n")
+                except (httpx.HTTPError, ValueError, OSError):  # either side broke off
                     self.close_connection = True
-                    return
-                self.wfile.write(b"0\r\n\r\n")
+                finally:
+                    payload.close()  # closes the upstream stream too
 
             def do_GET(self) -> None:
                 payload = b'{"status":"ok"}' if self.path == "/health" else b'{"message":"no route"}'
