@@ -33,9 +33,11 @@ PY
   "$py" -m harness replay datasets/demo.jsonl --record-mode all --no-progress --concurrency 1 \
     -p local-smollm2 -p local-gemma3 -p local-smollm2-anthropic \
     -p local-smollm2-cohere-v1 -p local-smollm2-cohere-v2 -p local-smollm2-gemini
-  # SmolLM2 as judge of one conversation: a demo of the judge's mechanics, not a verdict
-  rm -rf cassettes/demo/judge-local-smollm2
-  "$py" -m harness score tests/baselines/demo.jsonl --judge local-smollm2 --judged local-smollm2 \
-    --conversation science-why --pairwise local-smollm2,local-gemma3 --judge-max-tokens 64 \
-    --record-mode once
+  # SmolLM2 as judge of the whole demo (every provider graded, local-smollm2 vs local-gemma3
+  # pairwise), its output constrained by the grammars in harness.toml's local-smollm2-judge:
+  # a demo of the judge's mechanics, not a verdict. A question asked twice (the smollm2
+  # providers gave the same replies) is asked once.
+  rm -rf cassettes/demo/judge-local-smollm2 cassettes/demo/judge-local-smollm2-judge
+  "$py" -m harness score tests/baselines/demo.jsonl --judge local-smollm2-judge \
+    --pairwise local-smollm2,local-gemma3 --judge-max-tokens 16 --record-mode once
 fi

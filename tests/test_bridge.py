@@ -5,6 +5,7 @@ over real HTTP on 127.0.0.1 (the stub as upstream always; the real llama.cpp mod
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import httpx
 import pandas as pd
@@ -105,3 +106,82 @@ def test_bridge_answers_every_protocol_from_the_real_model(smollm2, small_datase
     wide = frame.pivot(index=["conversation_id", "turn"], columns="provider", values="response")
     assert (wide.nunique(axis=1) == 1).all()
     assert not frame["response"].str.contains("reply to turn").any()  # not the stub's echo
+
+
+# --- streams: each protocol's own stream, translated from the upstream's as it arrives ----------
+
+STREAM_SAME = ["conversation_id", "turn", "provider", "response", "finish_reason", "input_tokens",
+               "output_tokens", "status"]
+CONTENT_EVENTS = {"bridge-cohere-v1": rb'"event_type": "text-generation"',  # non-empty text:
+                  "bridge-cohere-v2": rb'"content":\{"text":"[^"]', "bridge-gemini": rb'"text":"[^"]'}
+
+
+def _stream_bodies(cassette_dir) -> dict[str, list[bytes]]:
+    from harness.cassettes import read_cassette
+
+    return {provider: [e.response_body for p in sorted(cassette_dir.rglob(f"{provider}/*.yaml"))
+                       for e in read_cassette(p)] for provider in CONTENT_EVENTS}
+
+
+def test_the_bridge_streams_each_protocol_from_the_upstreams_stream(small_dataset, tmp_path):
+    """Over the paced stub (it waits between the words of its OpenAI stream), each protocol's
+    stream arrives in its own format, an event an upstream chunk, timed, and replays offline."""
+    from harness.stub_server import StubServer
+
+    with StubServer(chunk_delay=0.01) as paced, Bridge(paced.base_url + "/v1") as bridge:
+        providers = bridged(bridge.base_url, "stub-upstream")
+        plain = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path / "p",
+                       history="self", progress=False)
+        live = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path / "s",
+                      history="self", progress=False, stream=True)
+        upstream = [r["body"] for r in paced.requests]
+    assert (live["status"] == "ok").all(), live["error"].dropna().tolist()
+    streamed = [b for b in upstream if b.get("stream")]
+    assert len(streamed) == len(live) and all(
+        b["stream_options"] == {"include_usage": True} for b in streamed)
+    pd.testing.assert_frame_equal(plain[STREAM_SAME], live[STREAM_SAME])
+    assert (live["ttft_ms"] > 0).all() and (live["ttft_ms"] < live["latency_ms"]).all()
+    assert live["itl_ms"].notna().all()
+    for provider, bodies in _stream_bodies(tmp_path / "s").items():
+        rows = live[live["provider"] == provider].sort_values(["conversation_id", "turn"])
+        # one content event per upstream chunk (a word each): streamed, not one whole reply
+        assert [len(re.findall(CONTENT_EVENTS[provider], b)) for b in bodies] == list(
+            rows["response"].str.split().str.len()), provider
+    offline = replay(small_dataset, providers, cassette_dir=tmp_path / "s", history="self",
+                     progress=False, stream=True)
+    assert offline.attrs["run"]["timing"] == {"recorded": len(live)}
+    pd.testing.assert_frame_equal(live, offline)
+
+
+def test_a_streamed_request_with_an_upstream_error_gets_the_protocols_error(tmp_path):
+    with Bridge("http://127.0.0.1:9/v1") as bridge:  # nothing listens on port 9
+        response = httpx.post(bridge.base_url + "/v1/chat", json={
+            "model": "m", "message": "hi", "stream": True})
+        assert response.status_code == 502 and "unreachable" in response.json()["message"]
+        gemini_stream = httpx.post(bridge.base_url + "/v1beta/models/m:streamGenerateContent",
+                                   params={"alt": "sse"}, json={"contents": [
+                                       {"role": "user", "parts": [{"text": "hi"}]}]})
+        assert gemini_stream.status_code == 502 and gemini_stream.json()["error"]["code"] == 502
+
+
+def test_the_bridge_streams_every_protocol_from_the_real_model(smollm2, small_dataset, tmp_path):
+    """SmolLM2's own stream through the bridge: timed as it arrives, the same reply and token
+    counts as the plain request at temperature 0, and the same values replayed offline."""
+    with Bridge(smollm2.base_url) as bridge:
+        providers = bridged(bridge.base_url, smollm2.alias, max_tokens=12)
+        kwargs = {"history": "reference", "concurrency": 1, "progress": False}
+        plain = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path / "p",
+                       **kwargs)
+        live = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path / "s",
+                      stream=True, **kwargs)
+    assert (live["status"] == "ok").all(), live["error"].dropna().tolist()
+    assert (live["ttft_ms"] > 0).all() and (live["ttft_ms"] < live["latency_ms"]).all()
+    assert live.attrs["run"]["timing"] == {"live": len(live)}
+    # token counts come from each protocol's usage event: the plain run's, at temperature 0
+    pd.testing.assert_frame_equal(plain[STREAM_SAME], live[STREAM_SAME])
+    assert live["output_tokens"].gt(1).all() and live["itl_ms"].notna().all()
+    for provider, bodies in _stream_bodies(tmp_path / "s").items():
+        assert all(len(re.findall(CONTENT_EVENTS[provider], b)) > 1 for b in bodies), provider
+    offline = replay(small_dataset, providers, cassette_dir=tmp_path / "s", stream=True, **kwargs)
+    assert offline.attrs["run"]["timing"] == {"recorded": len(live)}
+    pd.testing.assert_frame_equal(live, offline)

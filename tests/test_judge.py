@@ -80,7 +80,8 @@ def test_judge_recorded_on_the_stub_replays_identically_with_it_stopped(tmp_path
             graded = judge.grade(frame, live, ["p"])
             pairs = judge.pairwise(frame, live, "p", "q")
     recorded = tmp_path / "judged" / "judge-stub-judge" / "c1.yaml"
-    assert len(read_cassette(recorded)) == 2 + 4  # 2 grades + 2 turns x 2 orders
+    # 2 grades + 2 turns; p and q answered alike, so both orders are one question, asked once
+    assert len(read_cassette(recorded)) == 2 + 2
     with Judge(provider, "judged", cassette_dir=tmp_path) as offline:  # record mode none
         assert judge.grade(frame, offline, ["p"]).equals(graded)
         assert judge.pairwise(frame, offline, "p", "q").equals(pairs)
@@ -158,20 +159,76 @@ def test_a_judge_that_cannot_be_reached_gives_na_not_a_crash(tmp_path):
     assert not (tmp_path / "judged").exists()  # nothing recorded for calls that failed
 
 
-def test_shipped_demo_judge_cassettes_replay_offline():
-    """The demo's judge calls (SmolLM2 as judge: mechanics, not a verdict) replay with the
-    network blocked; the 135M model gives no parseable verdict, so NA ratings and `error`."""
+def test_kind_params_go_with_their_calls_and_a_repeated_question_is_asked_once(tmp_path):
+    """`judge_single` / `judge_pair` in the judge's params (a llama.cpp grammar, say) are sent
+    with those calls only; two providers with the same replies cost one call a question."""
+    frame = results.to_frame(answered("p", DIALOGUE) + answered("q", DIALOGUE))
+    with StubServer() as stub:
+        provider = stub_judge(stub.base_url).model_copy(update={"params": {
+            "seed": 1, "judge_single": {"grammar": "single-grammar"},
+            "judge_pair": {"grammar": "pair-grammar", "top_k": 1}}})
+        with Judge(provider, "judged", cassette_dir=tmp_path, record_mode="once") as live:
+            graded = judge.grade(frame, live)
+            pairs = judge.pairwise(frame, live, "p", "q")
+        bodies = [r["body"] for r in stub.requests]
+    # p and q asked the same 4 questions; of 4 pairs of equal answers, both orders are one question
+    assert len(bodies) == 4 + 4
+    assert not any("judge_single" in b or "judge_pair" in b for b in bodies)
+    assert all(b["seed"] == 1 for b in bodies)
+    assert [b["grammar"] for b in bodies] == ["single-grammar"] * 4 + ["pair-grammar"] * 4
+    assert [("top_k" in b) for b in bodies] == [False] * 4 + [True] * 4
+    column = graded["judge_stub-judge"]
+    assert column[graded["provider"] == "p"].tolist() == column[graded["provider"] == "q"].tolist()
+    # replayed with the stub stopped: the same, from the cassettes alone
+    with Judge(provider, "judged", cassette_dir=tmp_path) as offline:
+        pd.testing.assert_frame_equal(judge.grade(frame, offline), graded)
+        pd.testing.assert_frame_equal(judge.pairwise(frame, offline, "p", "q"), pairs)
+
+
+DEMO_JUDGE = "local-smollm2-judge"
+DEMO_JUDGE_PARAMS = {"max_tokens": 16}  # as scripts/record_demo.sh asks
+# every local model's reply is graded; the pairwise recordings cover these conversations
+DEMO_PAIRWISE = ["unit-conversion",
+                 "translate-then-explain",
+                 "arithmetic-chain",
+                 "capital-followup",
+                 "recipe-substitute",
+                 "python-debug",
+                 "science-why"]
+
+
+def test_shipped_demo_judge_cassettes_replay_offline_with_parsed_verdicts():
+    """The demo's judge (SmolLM2 under a grammar, from harness.toml: mechanics, not a verdict)
+    replays over the whole demo with the network blocked, every verdict parsed."""
     from conftest import ROOT
 
-    from harness.providers import PRESETS
+    from harness.providers import load_providers_file
 
+    provider = load_providers_file(ROOT / "harness.toml")[DEMO_JUDGE]
     frame = results.load(ROOT / "tests" / "baselines" / "demo.jsonl")
-    one = frame[frame["conversation_id"] == "science-why"]
-    with Judge(PRESETS["local-smollm2"], "demo", cassette_dir=ROOT / "cassettes",
-               params={"max_tokens": 64}) as offline:
-        graded = judge.grade(one, offline, ["local-smollm2"])
-        pairs = judge.pairwise(one, offline, "local-smollm2", "local-gemma3")
-    assert offline.failures == []
-    assert graded["judge_local-smollm2"].isna().all()
-    assert pairs["winner"].tolist() == ["error", "error"]
-    assert pairs["judgment_first"].str.contains("scattering").all()  # the judge's own words
+    local = [p for p in frame["provider"].unique() if p.startswith("local-")]
+    both = frame[frame["conversation_id"].isin(DEMO_PAIRWISE)]
+    recorded = {p.stem for p in (ROOT / "cassettes" / "demo" / f"judge-{DEMO_JUDGE}").glob("*.yaml")}
+    assert recorded == set(frame["conversation_id"])  # every demo conversation
+
+    def judged() -> tuple[pd.DataFrame, pd.DataFrame]:
+        with Judge(provider, "demo", cassette_dir=ROOT / "cassettes", params=DEMO_JUDGE_PARAMS
+                   ) as offline:
+            graded = judge.grade(frame, offline, local)
+            pairs = judge.pairwise(both, offline, "local-smollm2", "local-gemma3")
+        assert offline.failures == []
+        return graded, pairs
+
+    graded, pairs = judged()
+    ratings = graded[f"judge_{DEMO_JUDGE}"]
+    mine = graded["provider"].isin(local)
+    assert len(local) == 6 and ratings[mine].notna().all() and ratings[~mine].isna().all()
+    assert ratings.dropna().between(1, 10).all()
+    assert len(pairs) == len(both[both["provider"] == "local-smollm2"]) > 0
+    assert "error" not in set(pairs["winner"])
+    # the judge's whole answer is the verdict the grammar allows, as recorded
+    assert pairs["judgment_first"].str.fullmatch(r"\[\[[ABC]\]\]").all()
+    # a second replay gives the same verdicts, bit for bit
+    again = judged()
+    pd.testing.assert_frame_equal(again[0], graded)
+    pd.testing.assert_frame_equal(again[1], pairs)

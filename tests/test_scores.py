@@ -6,6 +6,8 @@ from difflib import SequenceMatcher
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import compare, results, scores
 from harness.cli import main
@@ -70,14 +72,70 @@ def test_difflib_autojunk_lowers_long_texts_and_rapidfuzz_does_not():
     assert table.loc["p", "similarity"] == pytest.approx(round(exact_long, 3))
 
 
+CHRF_PAIRS = [("the cat sat", "the cat sat"), ("xyz", "the cat sat"), ("the cat", "the cat sat"),
+              ("", "the cat sat"), ("the cat sat", ""), ("", ""), ("   ", " \t\n"), ("a", "a"),
+              ("ab", "ba"), ("Grüße aus Köln", "Grüße, Köln!"), ("猫が座った", "猫が座る"),
+              ("Step 1: add the flour. " * 9, "Step 1: add the sugar. " * 11)]
+
+
 def test_chrf_known_values():
     assert scores.chrf("the cat sat", "the cat sat") == pytest.approx(1.0)
     assert scores.chrf("xyz", "the cat sat") == 0.0
+    assert scores.chrf("", "") == scores.chrf("   ", "x") == 0.0
     partial = scores.chrf("the cat", "the cat sat")
     assert 0.3 < partial < 1.0
-    from sacrebleu.metrics import CHRF
 
-    assert partial == pytest.approx(CHRF().sentence_score("the cat", ["the cat sat"]).score / 100)
+
+def _sacrebleu_chrf(reply: str, reference: str) -> float:
+    import sacrebleu
+
+    return sacrebleu.sentence_chrf(reply, [reference]).score
+
+
+@pytest.mark.parametrize(("reply", "reference"), CHRF_PAIRS)
+def test_chrf_equals_sacrebleu_on_hand_made_pairs(reply, reference):
+    assert scores.chrf(reply, reference) * 100 == pytest.approx(
+        _sacrebleu_chrf(reply, reference), abs=1e-9)
+    assert scores.chrf_many([reply], [reference]) == [scores.chrf(reply, reference)]
+    column = scores.score(frame((reply, reference)), ["chrf"])["chrf"]
+    assert column.iloc[0] == scores.chrf(reply, reference)
+
+
+# few letters, so that n-grams repeat and match; whitespace of several kinds; non-Latin
+_CHRF_TEXT = st.text(st.sampled_from("abcab  \t\n\u00a0\u3000éü猫がΩ.,!"), max_size=40) | st.text(
+    max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_CHRF_TEXT, _CHRF_TEXT)
+def test_chrf_equals_sacrebleu_on_generated_strings(reply, reference):
+    assert scores.chrf(reply, reference) * 100 == pytest.approx(
+        _sacrebleu_chrf(reply, reference), abs=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_CHRF_TEXT, _CHRF_TEXT), max_size=12))
+def test_chrf_of_a_batch_equals_sacrebleu_row_by_row(pairs):
+    """The numpy batch counts n-grams of all rows at once: no n-gram crosses into a
+    neighbour's row, and each row gets sacrebleu's float."""
+    replies, references = [p[0] for p in pairs], [p[1] for p in pairs]
+    got = scores.chrf_many(replies, references)
+    assert got == [scores.chrf(a, b) for a, b in pairs]
+    assert [g * 100 for g in got] == pytest.approx(
+        [_sacrebleu_chrf(a, b) for a, b in pairs], abs=1e-9)
+
+
+def test_chrf_of_a_batch_with_a_large_alphabet_splits_it(monkeypatch):
+    """Over 511 distinct characters do not pack into 64 bits with their row: the batch is
+    split, and a single such pair is counted as strings; the values stay sacrebleu's."""
+    han = "".join(map(chr, range(0x4E00, 0x4E00 + 700)))
+    pairs = [(han[:400] + "ab", han[300:] + "ab"), ("the cat", "the cat sat"),
+             (han[::-1], han), ("", "x")] * 3
+    monkeypatch.setattr(scores, "_CHRF_BATCH", 5)  # several batches too
+    got = scores.chrf_many([a for a, _ in pairs], [b for _, b in pairs])
+    assert [g * 100 for g in got] == pytest.approx([_sacrebleu_chrf(a, b) for a, b in pairs],
+                                                   abs=1e-9)
+    assert 0 < got[0] < 1 and got[2] < got[0]
 
 
 def test_unknown_scorer_and_bad_pattern_are_value_errors():

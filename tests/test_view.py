@@ -236,8 +236,9 @@ def judged(runs) -> dict[str, Path]:
     folder = runs["folder"]
     scored = folder / "scored.parquet"
     proc = run_cli("score", str(runs["base"]), "-s", "exact", "-s", "similarity", "--judge",
-                   "local-smollm2", "--judged", "local-smollm2", "--conversation", "science-why",
-                   "--pairwise", "local-smollm2,local-gemma3", "--judge-max-tokens", "64",
+                   "local-smollm2-judge", "--judged", "local-smollm2", "--conversation",
+                   "science-why", "--pairwise", "local-smollm2,local-gemma3",
+                   "--judge-max-tokens", "16",
                    "--dataset", "demo", "--out", str(scored))
     assert proc.returncode == 0, proc.stderr
     pages = []
@@ -269,7 +270,7 @@ def test_the_significance_section_is_computed_at_build_time_and_reproducible(jud
     assert latency["better"] == "lower"
     assert any("(lower is better)" in text for text, _ in latency["sentences"])
     (judge_table,) = sig["verdicts"]
-    assert judge_table["file"] == judged["verdicts"].name and judge_table["judge"] == "local-smollm2"
+    assert judge_table["file"] == judged["verdicts"].name and judge_table["judge"] == "local-smollm2-judge"
     expected = significance.win_rates(pd.read_parquet(judged["verdicts"]))["sentence"].iloc[0]
     assert judge_table["sentences"][0][0] == expected
 

@@ -7,6 +7,11 @@ both positions; a winner must win both ways, both-tie is a tie, anything else is
 `inconsistent`. Judge calls are HTTP exchanges like any other: they are recorded in and
 replayed from `cassettes/<dataset>/judge-<provider>/<conversation>.yaml`, in the same
 record modes, so judged results replay offline bit for bit.
+
+A judge provider's `params` may hold `judge_single` and `judge_pair` tables: params sent only
+with the grading calls, or only with the pairwise ones (a llama.cpp `grammar` that makes a
+small local judge end in `[[rating]]`, or in `[[A]]`/`[[B]]`/`[[C]]`). A question asked twice
+in one run (two providers that gave the same replies) is asked, and recorded, once.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ PAIR_MULTI_SYSTEM = (
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
              "ninth", "tenth")
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0, "max_tokens": 512}
+KIND_PARAMS = ("judge_single", "judge_pair")  # per kind of call, from the provider's params
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
@@ -160,6 +166,7 @@ class Judge:
         self.secrets = known_secrets([provider])
         self.match_url = scrub_url(self.url, self.secrets)
         self._cassettes: dict[str, Cassette] = {}
+        self._answers: dict[tuple[str, bytes], str] = {}
         self.failures: list[str] = []  # calls that got no answer (their verdicts are NA)
         self._client: httpx.Client | None = None
 
@@ -174,12 +181,27 @@ class Judge:
             self._cassettes[conversation_id] = Cassette.open(path, self.record_mode, self.secrets)
         return self._cassettes[conversation_id]
 
-    def ask(self, conversation_id: str, turn: int, messages: list[Message]) -> str:
-        """The judge's reply text (from the cassette, or recorded when the mode allows)."""
+    def ask(self, conversation_id: str, turn: int, messages: list[Message],
+            kind: str = "single") -> str:
+        """The judge's reply text (from the cassette, or recorded when the mode allows);
+        `kind` (`single` or `pair`) picks the provider's `judge_<kind>` params."""
         cassette = self._cassette(conversation_id)
-        body = self.provider.build_body(messages, self.params)
+        extra = self.provider.params.get(f"judge_{kind}") or {}
+        params = {**self.params, **dict.fromkeys(KIND_PARAMS), **extra}
+        body = self.provider.build_body(messages, params)
         request = httpx.Request("POST", self.url, headers=self.headers,
                                 content=json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        asked = (conversation_id, request.content)
+        if asked in self._answers:
+            return self._answers[asked]
+        failed = len(self.failures)
+        text = self._answer(cassette, conversation_id, turn, request)
+        if len(self.failures) == failed:  # a call that got no answer is asked again
+            self._answers[asked] = text
+        return text
+
+    def _answer(self, cassette: Cassette, conversation_id: str, turn: int,
+                request: httpx.Request) -> str:
         # looked up as it was recorded: scrubbed, as replay does
         hit = cassette.take("POST", self.match_url, scrub_bytes(request.content, self.secrets))
         if hit is not None:
@@ -266,8 +288,8 @@ def pairwise(results: pd.DataFrame, judge: Judge, a: str, b: str) -> pd.DataFram
         other = theirs.get((conversation_id, turn))
         if mine is None or other is None:
             continue
-        first = judge.ask(conversation_id, turn, pair_prompt(mine, other))
-        swapped = judge.ask(conversation_id, turn, pair_prompt(other, mine))
+        first = judge.ask(conversation_id, turn, pair_prompt(mine, other), "pair")
+        swapped = judge.ask(conversation_id, turn, pair_prompt(other, mine), "pair")
         g1, g2 = parse_pair(first), parse_pair(swapped)
         rows.append([conversation_id, turn, a, b, g1, g2, combine(g1, g2, a, b), judge.name,
                      first, swapped])

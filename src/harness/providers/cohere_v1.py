@@ -269,21 +269,37 @@ def token_kind(event: Any) -> str | None:
     return "content" if kind in ("tool-calls-chunk", "tool-calls-generation") else None
 
 
-def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
-    """The NDJSON events of a streamed v1 chat saying what `reply` says, a word an event."""
+def _event(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, ensure_ascii=False).encode() + b"\n"
+
+
+def stream_start(response_id: str | None) -> list[bytes]:
+    """The first NDJSON event of a streamed v1 chat."""
+    return [_event({"is_finished": False, "event_type": "stream-start",
+                    "generation_id": response_id or ""})]
+
+
+def stream_text(piece: str) -> list[bytes]:
+    """The event carrying one piece of the reply's text."""
+    return [_event({"is_finished": False, "event_type": "text-generation", "text": piece})]
+
+
+def stream_end(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The last events: the tool calls (whole) and `stream-end` with the response and usage."""
     body = build_response(reply, model)
     u = reply.usage
     if u.billed_input_tokens is not None or u.billed_output_tokens is not None:
         body["meta"]["billed_units"] = {"input_tokens": u.billed_input_tokens,
                                         "output_tokens": u.billed_output_tokens}
-    events: list[dict[str, Any]] = [{"is_finished": False, "event_type": "stream-start",
-                                     "generation_id": body["response_id"]}]
-    if reply.tool_calls:
-        events.append({"is_finished": False, "event_type": "tool-calls-generation",
-                       "tool_calls": body["tool_calls"]})
-    else:
-        events += [{"is_finished": False, "event_type": "text-generation", "text": piece}
-                   for piece in words(reply.text)]
+    events = [{"is_finished": False, "event_type": "tool-calls-generation",
+               "tool_calls": body["tool_calls"]}] if reply.tool_calls else []
     events.append({"is_finished": True, "event_type": "stream-end",
                    "finish_reason": body["finish_reason"], "response": body})
-    return [json.dumps(e, ensure_ascii=False).encode() + b"\n" for e in events]
+    return [_event(e) for e in events]
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The NDJSON events of a streamed v1 chat saying what `reply` says, a word an event."""
+    pieces = [] if reply.tool_calls else words(reply.text)
+    return [*stream_start(reply.response_id), *(e for p in pieces for e in stream_text(p)),
+            *stream_end(reply, model)]

@@ -230,29 +230,49 @@ def token_kind(event: Any) -> str | None:
     return "content" if kind in ("tool-call-start", "tool-call-delta") else None
 
 
-def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
-    """The SSE events of a streamed v2 chat saying what `reply` says, a word a delta."""
+def stream_start(response_id: str | None, content: bool = True) -> list[bytes]:
+    """The first SSE events of a streamed v2 chat: message-start, and content-start when
+    text follows as content (not as the plan before tool calls)."""
+    events: list[dict[str, Any]] = [{"type": "message-start", "id": response_id or "",
+                                     "delta": {"message": {"role": "assistant"}}}]
+    if content:
+        events.append({"type": "content-start", "index": 0,
+                       "delta": {"message": {"content": {"type": "text", "text": ""}}}})
+    return sse_bytes(events, names=True)
+
+
+def stream_text(piece: str, plan: bool = False) -> list[bytes]:
+    """The event carrying one piece of text: a content-delta, or a tool-plan-delta."""
+    if plan:
+        return sse_bytes([{"type": "tool-plan-delta", "delta": {"message": {"tool_plan": piece}}}],
+                         names=True)
+    return sse_bytes([{"type": "content-delta", "index": 0,
+                       "delta": {"message": {"content": {"text": piece}}}}], names=True)
+
+
+def stream_end(reply: Reply, model: str | None = None, content: bool = True) -> list[bytes]:
+    """The last events: content-end (when content was started), the tool calls (whole) and
+    message-end with the finish reason and usage."""
     body = build_response(reply, model)
     u = reply.usage
     if u.billed_input_tokens is not None or u.billed_output_tokens is not None:
         body["usage"]["billed_units"] = {"input_tokens": u.billed_input_tokens,
                                          "output_tokens": u.billed_output_tokens}
-    events: list[dict[str, Any]] = [{"type": "message-start", "id": body["id"],
-                                     "delta": {"message": {"role": "assistant"}}}]
-    if reply.tool_calls:
-        events += [{"type": "tool-plan-delta", "delta": {"message": {"tool_plan": piece}}}
-                   for piece in words(reply.text)] if reply.text else []
-        for i, call in enumerate(body["message"]["tool_calls"]):
-            events += [{"type": "tool-call-start", "index": i,
-                        "delta": {"message": {"tool_calls": call}}},
-                       {"type": "tool-call-end", "index": i}]
-    else:
-        events.append({"type": "content-start", "index": 0,
-                       "delta": {"message": {"content": {"type": "text", "text": ""}}}})
-        events += [{"type": "content-delta", "index": 0,
-                    "delta": {"message": {"content": {"text": piece}}}}
-                   for piece in words(reply.text)]
-        events.append({"type": "content-end", "index": 0})
+    events: list[dict[str, Any]] = [{"type": "content-end", "index": 0}] if content else []
+    for i, call in enumerate(body["message"].get("tool_calls") or []):
+        events += [{"type": "tool-call-start", "index": i,
+                    "delta": {"message": {"tool_calls": call}}},
+                   {"type": "tool-call-end", "index": i}]
     events.append({"type": "message-end", "delta": {"finish_reason": body["finish_reason"],
                                                     "usage": body["usage"]}})
     return sse_bytes(events, names=True)
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The SSE events of a streamed v2 chat saying what `reply` says, a word a delta (the
+    text before tool calls as their plan)."""
+    plan = bool(reply.tool_calls)
+    pieces = words(reply.text) if reply.text or not plan else []
+    return [*stream_start(reply.response_id, content=not plan),
+            *(e for p in pieces for e in stream_text(p, plan)),
+            *stream_end(reply, model, content=not plan)]

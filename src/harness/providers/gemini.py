@@ -298,18 +298,35 @@ def token_kind(event: Any) -> str | None:
     return kind
 
 
-def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
-    """The SSE chunks of streamGenerateContent saying what `reply` says, a word a chunk;
-    the last one carries the finish reason and the usage."""
+def _chunk(parts: list[dict[str, Any]], model: str | None, response_id: str | None
+           ) -> dict[str, Any]:
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
+            "modelVersion": model or "", **({"responseId": response_id} if response_id else {})}
+
+
+def stream_text(piece: str, model: str | None = None, response_id: str | None = None
+                ) -> list[bytes]:
+    """The SSE chunk carrying one piece of the reply's text."""
+    return sse_bytes([_chunk([{"text": piece}], model, response_id)])
+
+
+def stream_end(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The last chunks: a chunk a function call (or one empty text part), the last one with
+    the finish reason and the usage."""
     body = build_response(reply, model)
     candidate = body["candidates"][0]
-    head = {"modelVersion": body["modelVersion"],
-            **({"responseId": body["responseId"]} if "responseId" in body else {})}
-    parts = candidate["content"]["parts"]
-    pieces = [[p] for p in parts if "functionCall" in p] or [
-        [{"text": piece}] for piece in words(reply.text)]
-    chunks = [{"candidates": [{"content": {"role": "model", "parts": piece}, "index": 0}], **head}
-              for piece in pieces]
+    calls = [[p] for p in candidate["content"]["parts"] if "functionCall" in p]
+    chunks = [_chunk(parts, body["modelVersion"], body.get("responseId"))
+              for parts in calls or [[{"text": ""}]]]
     chunks[-1]["candidates"][0]["finishReason"] = candidate["finishReason"]
     chunks[-1]["usageMetadata"] = body["usageMetadata"]
     return sse_bytes(chunks)
+
+
+def stream_response(reply: Reply, model: str | None = None) -> list[bytes]:
+    """The SSE chunks of streamGenerateContent saying what `reply` says, a word a chunk; the
+    last one carries the finish reason and the usage."""
+    name = reply.model or model
+    pieces = [] if reply.tool_calls else words(reply.text)
+    return [*(c for p in pieces for c in stream_text(p, name, reply.response_id)),
+            *stream_end(reply, model)]

@@ -236,6 +236,14 @@ def token_kind(event: Any) -> str | None:
     return None
 
 
+def chunk_text(event: Any) -> str:
+    """The content text one stream chunk adds (its first choice's delta)."""
+    for choice in dig(event, "choices") or []:
+        if isinstance(choice, Mapping) and choice.get("index", 0) == 0:
+            return content_text(dig(choice, "delta", "content"))
+    return ""
+
+
 def stream_response(reply: Reply, model: str | None = None, usage: bool = True) -> list[bytes]:
     """The SSE chunks of a streamed completion saying what `reply` says, a word a chunk."""
     head = {"id": reply.response_id or "", "object": "chat.completion.chunk",
