@@ -32,7 +32,6 @@ from .cassettes import (
     RecordMode,
     partial_path,
     scrub_url,
-    write_cassette,
 )
 from .datasets import Dataset
 from .messages import Conversation
@@ -123,7 +122,8 @@ class _Settings:
 class _Outcome:
     conversation_id: str
     rows: list[TurnResult]
-    # provider -> (interactions, finished) for every cassette the worker changed
+    # provider -> (what it recorded, finished) for every cassette the worker changed: only the
+    # new interactions travel back; the driver merges them into what is on disk by then
     written: dict[str, tuple[list[dict], bool]]
 
 
@@ -139,6 +139,7 @@ class _ShippedCassette(Cassette):
     cassette_mtime: float = 0.0
     changed: bool = False
     finished: bool = False
+    new_raws: list[dict] = field(default_factory=list)  # what this run recorded, saved or not
 
     @classmethod
     def shipped(cls, files: _Files, mode: RecordMode, secrets: list[str],
@@ -172,6 +173,7 @@ class _ShippedCassette(Cassette):
                 on_disk = []
             else:
                 on_disk = self.cassette_raws or []
+            self.new_raws += self._recorded
             self.partial_raws, self._recorded, self.changed = on_disk + self._recorded, [], True
         if finished and self.partial_raws is not None:
             self.cassette_raws, self.partial_raws = self.partial_raws, None
@@ -226,8 +228,7 @@ async def _replay_units(settings: _Settings, units: list[_Unit]) -> list[_Outcom
         for provider in run.providers:
             cassette = run.opened.pop((provider.name, conversation.id))
             if cassette.changed:
-                interactions = cassette.cassette_raws if cassette.finished else cassette.partial_raws
-                written[provider.name] = (interactions or [], cassette.finished)
+                written[provider.name] = (cassette.new_raws, cassette.finished)
         outcomes[conversation.id] = _Outcome(conversation.id, rows, written)
 
     queue = iter(units)
@@ -259,14 +260,13 @@ def _read_files(path: Path, mode: RecordMode) -> _Files:
     return files
 
 
-def _write_back(path: Path, interactions: list[dict], finished: bool) -> None:
-    """What a worker recorded, written as `Cassette.save` would have: the partial file, or
-    the cassette once the conversation is complete (and then no partial file)."""
-    if finished:
-        write_cassette(path, interactions)
-        partial_path(path).unlink(missing_ok=True)
-    else:
-        write_cassette(partial_path(path), interactions)
+def _write_back(run: Run, path: Path, recorded: list[dict], finished: bool) -> None:
+    """What a worker recorded, saved by `Cassette.save` itself: under the cassette's lock,
+    merged with what is on disk now (another process may have recorded into the same file
+    since the driver read it), into the partial file or, once complete, the cassette."""
+    cassette = Cassette(path=path, mode=run.record_mode, since=run.started)
+    cassette._recorded = list(recorded)
+    cassette.save(finished=finished)
 
 
 def replay_on_dask(
@@ -356,7 +356,7 @@ def replay_on_dask(
     def receive(outcomes: list[_Outcome], paths: Mapping[tuple[str, str], Path]) -> None:
         for outcome in outcomes:  # cassettes first: a journaled row's recording is on disk
             for name, (interactions, finished) in outcome.written.items():
-                _write_back(paths[(name, outcome.conversation_id)], interactions, finished)
+                _write_back(run, paths[(name, outcome.conversation_id)], interactions, finished)
             for result in outcome.rows:
                 emit(result)
 
