@@ -45,7 +45,9 @@ from .replay import (
     check_run_args,
     finish_run,
     gates,
+    result_sink,
     scrub_row,
+    stop_sink,
 )
 from .results import TurnResult
 
@@ -290,6 +292,7 @@ def replay_on_dask(
     batch_turns: int | None = None,
     stream: bool = False,
     max_concurrency: int | None = None,
+    out: str | Path | None = None,
 ) -> pd.DataFrame:
     """`replay_async`'s run with its conversations on the Dask cluster of `client`.
 
@@ -316,6 +319,8 @@ def replay_on_dask(
                          {p.api_key_env: k for p in run.providers
                           if p.api_key_env and (k := p.api_key())}, secrets, stream)
     rows: list[TurnResult] = []
+    sink = result_sink(run, out)  # a .parquet out: rows streamed there, not held
+    keep = sink.add if sink is not None else rows.append
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
     if batch_turns is None:  # a small run still spreads over every worker
         batch_turns = max(1, min(BATCH_TURNS, total // (4 * workers)))
@@ -325,7 +330,7 @@ def replay_on_dask(
                disable=not progress)
 
     def emit(result: TurnResult, fresh: bool = True) -> None:
-        rows.append(result)
+        keep(result)
         bar.update(1)
         if fresh and log is not None:
             log.append(result)
@@ -379,9 +384,10 @@ def replay_on_dask(
             future.cancel()
         if log is not None and isinstance(exc, CassetteError) and not log.rows:
             log.close(remove=True)
+        stop_sink(sink, run, exc)
         raise
     finally:
         bar.close()
         if log is not None:
             log.close()
-    return finish_run(run, rows, folders, log, keep_journal)
+    return finish_run(run, rows, folders, log, keep_journal, out, sink)
