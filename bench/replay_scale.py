@@ -242,20 +242,37 @@ def write_conversations(job: tuple) -> list[dict]:
     return everything
 
 
+LINK_ABOVE = 100_000  # larger sizes hard-link the cassettes of repeated conversations
+
+
 def generate(n_turns: int, folder: Path, formats: list[str], big: bool) -> float:
     """Dataset, per-conversation cassettes in each format and (if `big`) one vcrpy cassette,
-    written by one process per core (YAML dumping is slow); the seconds it took."""
+    written by one process per core (YAML dumping is slow); the seconds it took.
+
+    Above `LINK_ABOVE` turns, conversation n (the source conversation n % len(sources) under
+    its own id) gets a hard link to the cassette of the first conversation with that source:
+    the same requests, each file still opened and parsed on its own by the replay, but 1M
+    turns written in a minute, not an hour (its response ids repeat)."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     dataset = load_dataset(write_dataset(n_turns, folder))
+    written = dataset.conversations
+    if n_turns > LINK_ABOVE:
+        written = written[:len(source_conversations())]
     jobs, n, chunk = [], 0, 200
-    for i in range(0, len(dataset.conversations), chunk):
-        conversations = dataset.conversations[i : i + chunk]
+    for i in range(0, len(written), chunk):
+        conversations = written[i : i + chunk]
         jobs.append((folder, dataset.name, formats, conversations, n, big))
         n += sum(len(c.user_turns()) for c in conversations)
-    assert n == n_turns, (n, n_turns)
+    assert written is not dataset.conversations or n == n_turns, (n, n_turns)
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         parts = list(pool.imap(write_conversations, jobs))
+    for k, conversation in enumerate(dataset.conversations[len(written):], len(written)):
+        for fmt in formats:
+            root, serializer = cassette_root(folder, fmt)
+            original = written[k % len(written)]
+            os.link(cassette_path(root, dataset.name, PROVIDER.name, original.id, serializer),
+                    cassette_path(root, dataset.name, PROVIDER.name, conversation.id, serializer))
     if big:
         write_vcrpy(folder / "vcrpy" / f"{dataset.name}.yaml", [i for p in parts for i in p])
     return time.perf_counter() - started
