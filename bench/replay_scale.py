@@ -46,6 +46,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
+from harness import cassettes
 from harness.cassettes import LATENCY_HEADER, SCRUBBED, cassette_path, write_cassette
 from harness.datasets import conversation_turns, load_dataset
 from harness.providers import Provider
@@ -202,11 +205,26 @@ def write_vcrpy(path: Path, interactions: list[dict]) -> None:
     path.write_text(yamlserializer.serialize({"interactions": interactions, "version": 1}))
 
 
+def write_fast(path: Path, interactions: list[dict]) -> None:
+    """`write_cassette`'s bytes (tested equal on MT-Bench-101's) without its lock, its fsync and
+    the standard library's indenting encoder, which made generating 1M turns take hours."""
+    data = {"interactions": interactions, "version": 1}
+    text = cassettes._ONE_STRING_LIST.sub(r"[\1]", orjson.dumps(
+        data, option=orjson.OPT_INDENT_2).decode())
+    if path.suffix != ".json":
+        if cassettes._SURROGATE.search(text) or not cassettes._json_is_yaml(data):
+            write_cassette(path, interactions)
+            return
+        text = cassettes._YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    path.write_text(text, encoding="utf-8")
+
+
 def write_conversations(job: tuple) -> list[dict]:
     """Write the cassettes of some conversations (turns numbered from `n`); their interactions
     if `keep`."""
     folder, dataset_name, formats, conversations, n, keep = job
     everything: list[dict] = []
+    made: set[Path] = set()
     for conversation in conversations:
         interactions = []
         for turn in conversation_turns(conversation):
@@ -215,26 +233,46 @@ def write_conversations(job: tuple) -> list[dict]:
         for fmt in formats:
             root, serializer = cassette_root(folder, fmt)
             path = cassette_path(root, dataset_name, PROVIDER.name, conversation.id, serializer)
-            (write_vcrpy if fmt == "vcrpy-yaml" else write_cassette)(path, interactions)
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            (write_vcrpy if fmt == "vcrpy-yaml" else write_fast)(path, interactions)
         if keep:
             everything += interactions
     return everything
 
 
+LINK_ABOVE = 100_000  # larger sizes hard-link the cassettes of repeated conversations
+
+
 def generate(n_turns: int, folder: Path, formats: list[str], big: bool) -> float:
     """Dataset, per-conversation cassettes in each format and (if `big`) one vcrpy cassette,
-    written by one process per core (YAML dumping is slow); the seconds it took."""
+    written by one process per core (YAML dumping is slow); the seconds it took.
+
+    Above `LINK_ABOVE` turns, conversation n (the source conversation n % len(sources) under
+    its own id) gets a hard link to the cassette of the first conversation with that source:
+    the same requests, each file still opened and parsed on its own by the replay, but 1M
+    turns written in a minute, not an hour (its response ids repeat)."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     dataset = load_dataset(write_dataset(n_turns, folder))
+    written = dataset.conversations
+    if n_turns > LINK_ABOVE:
+        written = written[:len(source_conversations())]
     jobs, n, chunk = [], 0, 200
-    for i in range(0, len(dataset.conversations), chunk):
-        conversations = dataset.conversations[i : i + chunk]
+    for i in range(0, len(written), chunk):
+        conversations = written[i : i + chunk]
         jobs.append((folder, dataset.name, formats, conversations, n, big))
         n += sum(len(c.user_turns()) for c in conversations)
-    assert n == n_turns, (n, n_turns)
+    assert written is not dataset.conversations or n == n_turns, (n, n_turns)
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         parts = list(pool.imap(write_conversations, jobs))
+    for k, conversation in enumerate(dataset.conversations[len(written):], len(written)):
+        for fmt in formats:
+            root, serializer = cassette_root(folder, fmt)
+            original = written[k % len(written)]
+            os.link(cassette_path(root, dataset.name, PROVIDER.name, original.id, serializer),
+                    cassette_path(root, dataset.name, PROVIDER.name, conversation.id, serializer))
     if big:
         write_vcrpy(folder / "vcrpy" / f"{dataset.name}.yaml", [i for p in parts for i in p])
     return time.perf_counter() - started
@@ -258,21 +296,33 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+STREAM_ABOVE = 100_000  # larger runs stream their results to Parquet (`replay(out=...)`)
+
+
 def measure_harness(folder: Path, n_turns: int, fmt: str) -> dict:
     import harness
 
     dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
+    dataset_mb = peak_mb()
     root, serializer = cassette_root(folder, fmt)
+    out = {"out": folder / "results.parquet"} if n_turns > STREAM_ABOVE else {}
     started = time.perf_counter()
+    cpu = time.process_time()
     frame = harness.replay(dataset, [PROVIDER], history=HISTORY, record_mode="none",
                            cassette_dir=root, serializer=serializer,
-                           params=PARAMS, progress=False)
+                           params=PARAMS, progress=False, **out)
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    if out:  # the summary columns came back; the response ids are in the file
+        import pyarrow.parquet as pq
+
+        ids = pq.read_table(out["out"], columns=["response_id"])["response_id"].to_pandas()
+        frame = frame.assign(response_id=ids.to_numpy())
     ok = int((frame["status"] == "ok").sum())
     mine = int((frame["response_id"] == "chatcmpl-" + frame["conversation_id"] + "-"
                 + frame["turn"].astype("string")).sum())
-    return {"seconds": seconds, "rows": len(frame), "ok": ok, "own_reply": mine,
-            "peak_mb": peak_mb()}
+    return {"seconds": seconds, "cpu_s": cpu, "rows": len(frame), "ok": ok, "own_reply": mine,
+            "peak_mb": peak_mb(), "dataset_peak_mb": dataset_mb}
 
 
 def measure_floor(folder: Path, n_turns: int) -> dict:
@@ -338,6 +388,7 @@ def measure_dask(folder: Path, n_turns: int, fmt: str, workers: int) -> dict:
 
     dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
     root, serializer = cassette_root(folder, fmt)
+    out = {"out": folder / "results-dask.parquet"} if n_turns > STREAM_ABOVE else {}
     started = time.perf_counter()
     client = local_cluster(workers)
     cluster_s = time.perf_counter() - started
@@ -345,7 +396,7 @@ def measure_dask(folder: Path, n_turns: int, fmt: str, workers: int) -> dict:
         started = time.perf_counter()
         frame = harness.replay(dataset, [PROVIDER], history=HISTORY, record_mode="none",
                                cassette_dir=root, serializer=serializer, params=PARAMS,
-                               progress=False, client=client)
+                               progress=False, client=client, **out)
         seconds = time.perf_counter() - started
     finally:
         cluster = client.cluster
@@ -379,16 +430,73 @@ def dask_section(args: argparse.Namespace, workdir: Path, sizes: list[int], form
         if on_dask["ok"] != size:
             print(f"  !! dask {size}: {on_dask['ok']} of {size} ok", flush=True)
         rows.append((size, one, on_dask))
-    header = (f"{'offline ' + fmt:<18} {'turns':>9} {'1 process s':>12} "
+    header = (f"{'offline ' + fmt:<18} {'turns':>9} {'1 process s':>12} {'1 proc peak MB':>15} "
               f"{f'{args.dask_workers} Dask workers s':>18} {'speedup':>8} {'cluster start s':>16} "
               f"{'driver peak MB':>15}")
     print("\n" + header + "\n" + "-" * len(header))
     for size, one, on_dask in rows:
-        print(f"{'':<18} {size:>9} {one['seconds']:>12.2f} {on_dask['seconds']:>18.2f} "
+        print(f"{'':<18} {size:>9} {one['seconds']:>12.2f} {one['peak_mb']:>15.0f} "
+              f"{on_dask['seconds']:>18.2f} "
               f"{one['seconds'] / on_dask['seconds']:>7.2f}x {on_dask['cluster_s']:>16.1f} "
               f"{on_dask['peak_mb']:>15.0f}")
+        if size > STREAM_ABOVE:
+            print(f"{'':<18} {size:>9}: results streamed to Parquet; the dataset alone took the "
+                  f"one process to {one.get('dataset_peak_mb', 0):.0f} MB")
     print(f"(cores: {os.cpu_count()}; the driver, the scheduler and {args.dask_workers} workers "
           "share them)")
+
+
+# --- the CLI against the API, end to end -------------------------------------------------------
+
+
+API_SCRIPT = """
+import sys
+sys.path.insert(0, {bench!r})
+import harness
+from replay_scale import HISTORY, PARAMS, PROVIDER
+frame = harness.replay({dataset!r}, [PROVIDER], history=HISTORY, record_mode="none",
+                       cassette_dir={root!r}, serializer={serializer!r}, params=PARAMS,
+                       progress=False)
+print(len(frame))
+"""
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, the child's) of a command run to its end."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cli_section(folder: Path, size: int, fmt: str, repeat: int) -> None:
+    """`harness replay` (summary, the default) against `harness.replay(...)` in a script, each a
+    fresh interpreter from start to end (imports and the dataset's load included)."""
+    root, serializer = cassette_root(folder, fmt)
+    dataset = folder / f"scale-{size}.jsonl"
+    providers = folder / "providers.toml"
+    params = ", ".join(f"{k} = {json.dumps(v)}" for k, v in PROVIDER.params.items())
+    providers.write_text(f'[providers.{PROVIDER.name}]\nprotocol = "{PROVIDER.protocol}"\n'
+                         f'base_url = "{PROVIDER.base_url}"\nmodel = "{PROVIDER.model}"\n'
+                         f"params = {{ {params} }}\n", encoding="utf-8")
+    cli = [sys.executable, "-m", "harness", "replay", str(dataset), "-p", PROVIDER.name,
+           "--providers-file", str(providers), "--history", HISTORY, "--cassettes", str(root),
+           "--cassette-format", serializer, "--no-progress"]
+    api = [sys.executable, "-c", API_SCRIPT.format(bench=str(Path(__file__).parent),
+                                                   dataset=str(dataset), root=str(root),
+                                                   serializer=serializer)]
+    runs = {"api": [], "cli": []}
+    for _ in range(max(1, repeat)):  # interleaved, so that both see the same neighbours
+        runs["api"].append(timed(api))
+        runs["cli"].append(timed(cli))
+    (api_wall, api_cpu), (cli_wall, cli_cpu) = (min(runs[k]) for k in ("api", "cli"))
+    print(f"\nCLI vs API, {size} turns offline ({fmt}), whole process, fastest of {repeat}: "
+          f"API {api_wall:.1f} s wall / {api_cpu:.1f} s CPU; CLI {cli_wall:.1f} s wall / "
+          f"{cli_cpu:.1f} s CPU; CLI/API {cli_wall / api_wall:.2f}x wall, "
+          f"{cli_cpu / api_cpu:.2f}x CPU (target <= 1.2x: "
+          f"{'ok' if cli_cpu / api_cpu <= 1.2 else 'MISSED'})", flush=True)
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -421,6 +529,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the smallest size replayed on Dask too (default 100000)")
     parser.add_argument("--dask-1m", action="store_true",
                         help="also 1,000,000 turns, in one process and on Dask (long)")
+    parser.add_argument("--cli", type=int, default=1,
+                        help="also time the CLI against the API at the largest size up to 100k "
+                             "this many times each (0: not)")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -468,6 +579,10 @@ def main(argv: list[str] | None = None) -> None:
                              for (what, n), r in results.items() if n == size)
             print(f"{size:>7} turns: {line}", flush=True)
         print_table(results, sizes, formats, args.cap)
+        cli_sizes = [s for s in sizes if s <= 100_000]
+        if args.cli and cli_sizes:
+            fmt = formats[0] if formats[0] != "vcrpy-yaml" else "yaml"
+            cli_section(workdir / f"scale-{max(cli_sizes)}", max(cli_sizes), fmt, args.cli)
         dask_section(args, workdir, sizes, formats, results)
     finally:
         if args.dir is None:

@@ -179,3 +179,38 @@ def test_replay_scheduler_uses_a_running_cluster(client, small_dataset_file, tmp
 
 def _saved(frame: pd.DataFrame, folder: Path) -> Path:
     return results.save(frame, folder / "one.parquet")
+
+
+def test_a_dask_run_keeps_what_another_writer_recorded_into_its_cassettes(
+        client, small_dataset, tmp_path, monkeypatch):
+    """The driver merges its workers' recordings into the cassettes as they are on disk when it
+    writes them back, under the cassette's lock: a recording another process made to the same
+    cassettes during the Dask run survives, and so does the Dask run's."""
+    from harness import distributed_replay
+
+    folder = tmp_path / "cassettes"
+    write_back = distributed_replay._write_back
+    other: list[pd.DataFrame] = []
+
+    def meanwhile(*args, **kwargs):
+        if not other:  # another writer records the same conversations (other params) first
+            other.append(replay(small_dataset, providers, record_mode="new_episodes",
+                                cassette_dir=folder, params={"temperature": 0.5},
+                                progress=False))
+        write_back(*args, **kwargs)
+
+    monkeypatch.setattr(distributed_replay, "_write_back", meanwhile)
+    with StubServer() as stub:
+        providers = stub_providers(stub.base_url)
+        on_dask = replay(small_dataset, providers, record_mode="new_episodes",
+                         cassette_dir=folder, progress=False, client=client)
+        sent = len(stub.requests)
+    assert other and sent == len(on_dask) + len(other[0])
+    # offline, both runs' replies come back from the same cassettes: nothing was overwritten
+    mine = replay(small_dataset, providers, cassette_dir=folder, progress=False)
+    theirs = replay(small_dataset, providers, cassette_dir=folder, progress=False,
+                    params={"temperature": 0.5})
+    pd.testing.assert_frame_equal(mine.drop(columns=MEASURED), on_dask.drop(columns=MEASURED))
+    pd.testing.assert_frame_equal(theirs.drop(columns=MEASURED),
+                                  other[0].drop(columns=MEASURED))
+    assert leftovers(folder) == []

@@ -6,12 +6,21 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
+from test_resume import KILLER
 
-from harness import replay
+from harness import replay, results
 from harness.cassettes import Cassette, cassette_path, read_cassette, write_cassette
+from harness.cli import main
 from harness.datasets import conversation_turns, from_records
 from harness.messages import AssistantMessage
 from harness.providers import Provider
@@ -134,3 +143,73 @@ def test_a_recorded_retry_replays_before_the_answer_that_followed_it(tmp_path):
     assert (row["status"], row["http_status"], row["attempts"]) == ("ok", 200, 2)
     assert row["response"] == reply_text("c", 1)
     assert len(read_cassette(path)) == 2  # replay reads, never rewrites
+
+
+# --- results streamed to Parquet ---------------------------------------------------------------
+
+
+def dataset_file(tmp_path, dataset) -> tuple[list[str], Path]:
+    """The CLI arguments that replay `dataset` (written as JSONL) offline against PROVIDER."""
+    path = tmp_path / f"{dataset.name}.jsonl"
+    path.write_text("".join(json.dumps({"id": c.id, "messages": [
+        {"role": m.role, "content": m.content} for m in c.messages]}) + "\n"
+        for c in dataset.conversations))
+    providers = tmp_path / "providers.toml"
+    providers.write_text(f'[providers.{PROVIDER.name}]\nprotocol = "openai"\n'
+                         f'base_url = "{PROVIDER.base_url}"\nmodel = "{PROVIDER.model}"\n'
+                         'params = { max_tokens = 64 }\n')
+    return ["replay", str(path), "-p", PROVIDER.name, "--providers-file", str(providers),
+            "--cassettes", str(tmp_path), "--no-progress"], path
+
+
+def test_a_replay_streamed_to_parquet_equals_the_frame_in_memory(tmp_path, monkeypatch):
+    dataset = generated(tmp_path, 300, "yaml")
+    held = replay(dataset, [PROVIDER], cassette_dir=tmp_path, progress=False, concurrency=16)
+    monkeypatch.setattr(results, "ROW_GROUP_ROWS", 100)  # many row groups, rows out of order
+    out = tmp_path / "out" / "results.parquet"
+    returned = replay(dataset, [PROVIDER], cassette_dir=tmp_path, progress=False,
+                      concurrency=16, out=out)
+    assert pq.ParquetFile(out).metadata.num_row_groups >= 10
+    pd.testing.assert_frame_equal(results.load(out), held)  # every row, in dataset order
+    assert results.load(out).attrs["run"]["dataset"] == "scale"
+    # what comes back holds no texts: the summary's columns, equal to the held frame's
+    assert list(returned.columns) == list(results.SUMMARY_COLUMNS)
+    pd.testing.assert_frame_equal(returned, held[list(results.SUMMARY_COLUMNS)])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["results.parquet"]
+
+
+def test_a_killed_streamed_run_leaves_out_as_it_was_and_the_same_command_resumes(tmp_path):
+    dataset = generated(tmp_path, 120, "yaml")
+    argv, _ = dataset_file(tmp_path, dataset)
+    out = tmp_path / "results.parquet"
+    out.write_bytes(b"an earlier run's results")
+    argv += ["--out", str(out), "--concurrency", "8"]
+    killed = subprocess.run(  # killed once two row groups are in the hidden partial file
+        [sys.executable, "-c", ROW_GROUPS_OF_40 + KILLER,
+         "harness.results:ParquetSink._write:2:after", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert out.read_bytes() == b"an earlier run's results"  # never half written
+    assert results.partial_results(out).exists()
+    assert main(argv) == 0
+    expected = replay(dataset, [PROVIDER], cassette_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(results.load(out).drop(columns="cost_usd"),
+                                  expected.drop(columns="cost_usd"))
+    assert not results.partial_results(out).exists()
+    assert not Path(f"{out}.journal.jsonl").exists()
+
+
+ROW_GROUPS_OF_40 = "import harness.results; harness.results.ROW_GROUP_ROWS = 40\n"
+
+
+def test_cli_out_parquet_prints_the_same_summary(tmp_path, capsys):
+    dataset = generated(tmp_path, 50, "json")
+    argv, _ = dataset_file(tmp_path, dataset)
+    argv += ["--cassette-format", "json"]
+    assert main(argv) == 0
+    alone = capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "r.parquet")]) == 0
+    streamed = capsys.readouterr().out
+    assert "200" in alone and "Summary" in alone
+    assert streamed.startswith(alone.rstrip("\n"))
+    assert f"wrote 200 rows to {tmp_path / 'r.parquet'}" in streamed.replace("\n", "")

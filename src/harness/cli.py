@@ -308,27 +308,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
     finished: list[results.TurnResult] = []
+    streamed = bool(args.out) and Path(args.out).suffix.lower() == ".parquet"
+    count = [0]  # a .parquet --out streams its rows: they are counted here, not held
+
+    def counted(_: results.TurnResult) -> None:
+        count[0] += 1
+
     try:
         frame = replay(
             dataset, providers, history=args.history, record_mode=args.record_mode,
             cassette_dir=args.cassettes, serializer=args.cassette_format, params=params,
             concurrency=args.concurrency, progress=not args.no_progress, journal=journal,
-            on_row=finished.append, keep_journal=True, started_at=_process_start(),
-            timeout=args.timeout, stream=args.stream, **({"client": client} if client is not None else {}),
+            on_row=counted if streamed else finished.append, keep_journal=True,
+            started_at=_process_start(), timeout=args.timeout, stream=args.stream,
+            out=args.out, **({"client": client} if client is not None else {}),
         )
     except KeyboardInterrupt:
         total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
+        if streamed:  # the library left the rows that finished in --out
+            return _interrupted(args, None, total, journal, count[0])
         order = [c.id for c in dataset.conversations]
         frame = results.to_frame(finished, order=order, providers=[p.name for p in providers])
         return _interrupted(args, frame, total, journal)
     finally:
         _close_dask(client)
+    if streamed and args.show != "summary":  # the replies: every column, read back
+        frame = results.load(args.out)
     print_report(frame, console, args.show, {p.name: p for p in providers})
     if args.out:
-        path = results.save(frame, args.out)
         journal.unlink(missing_ok=True)  # only now: a failed save can still be resumed
-        console.print(f"wrote {len(frame)} rows to {path} (see them in a browser: "
-                      f"harness view {path})", overflow="fold")
+        console.print(f"wrote {len(frame)} rows to {args.out} (see them in a browser: "
+                      f"harness view {args.out})", overflow="fold")
     return 0
 
 
@@ -376,12 +386,14 @@ def _process_start() -> float:
         return time.time()
 
 
-def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,
-                 journal: Path | None) -> int:
-    """Ctrl-C: keep the rows that finished (with --out) and say, in one line, how to go on."""
-    done = f"{len(finished)} of {total} turns"
-    if args.out and len(finished):
-        results.save(finished, args.out)
+def _interrupted(args: argparse.Namespace, finished: pd.DataFrame | None, total: int,
+                 journal: Path | None, written: int = 0) -> int:
+    """Ctrl-C: keep the rows that finished (with --out) and say, in one line, how to go on.
+    `finished` None: the replay wrote them (`written`) to a .parquet --out itself."""
+    done = f"{written if finished is None else len(finished)} of {total} turns"
+    if args.out and (written if finished is None else len(finished)):
+        if finished is not None:
+            results.save(finished, args.out)
         where = f"wrote the {done} that finished to {args.out}, the journal {journal} keeps them"
     else:
         where = f"{done} finished; what was recorded is kept under {args.cassettes}"

@@ -32,7 +32,6 @@ from .cassettes import (
     RecordMode,
     partial_path,
     scrub_url,
-    write_cassette,
 )
 from .datasets import Dataset
 from .messages import Conversation
@@ -46,7 +45,9 @@ from .replay import (
     check_run_args,
     finish_run,
     gates,
+    result_sink,
     scrub_row,
+    stop_sink,
 )
 from .results import TurnResult
 
@@ -123,7 +124,8 @@ class _Settings:
 class _Outcome:
     conversation_id: str
     rows: list[TurnResult]
-    # provider -> (interactions, finished) for every cassette the worker changed
+    # provider -> (what it recorded, finished) for every cassette the worker changed: only the
+    # new interactions travel back; the driver merges them into what is on disk by then
     written: dict[str, tuple[list[dict], bool]]
 
 
@@ -139,6 +141,7 @@ class _ShippedCassette(Cassette):
     cassette_mtime: float = 0.0
     changed: bool = False
     finished: bool = False
+    new_raws: list[dict] = field(default_factory=list)  # what this run recorded, saved or not
 
     @classmethod
     def shipped(cls, files: _Files, mode: RecordMode, secrets: list[str],
@@ -172,6 +175,7 @@ class _ShippedCassette(Cassette):
                 on_disk = []
             else:
                 on_disk = self.cassette_raws or []
+            self.new_raws += self._recorded
             self.partial_raws, self._recorded, self.changed = on_disk + self._recorded, [], True
         if finished and self.partial_raws is not None:
             self.cassette_raws, self.partial_raws = self.partial_raws, None
@@ -226,8 +230,7 @@ async def _replay_units(settings: _Settings, units: list[_Unit]) -> list[_Outcom
         for provider in run.providers:
             cassette = run.opened.pop((provider.name, conversation.id))
             if cassette.changed:
-                interactions = cassette.cassette_raws if cassette.finished else cassette.partial_raws
-                written[provider.name] = (interactions or [], cassette.finished)
+                written[provider.name] = (cassette.new_raws, cassette.finished)
         outcomes[conversation.id] = _Outcome(conversation.id, rows, written)
 
     queue = iter(units)
@@ -259,14 +262,13 @@ def _read_files(path: Path, mode: RecordMode) -> _Files:
     return files
 
 
-def _write_back(path: Path, interactions: list[dict], finished: bool) -> None:
-    """What a worker recorded, written as `Cassette.save` would have: the partial file, or
-    the cassette once the conversation is complete (and then no partial file)."""
-    if finished:
-        write_cassette(path, interactions)
-        partial_path(path).unlink(missing_ok=True)
-    else:
-        write_cassette(partial_path(path), interactions)
+def _write_back(run: Run, path: Path, recorded: list[dict], finished: bool) -> None:
+    """What a worker recorded, saved by `Cassette.save` itself: under the cassette's lock,
+    merged with what is on disk now (another process may have recorded into the same file
+    since the driver read it), into the partial file or, once complete, the cassette."""
+    cassette = Cassette(path=path, mode=run.record_mode, since=run.started)
+    cassette._recorded = list(recorded)
+    cassette.save(finished=finished)
 
 
 def replay_on_dask(
@@ -290,6 +292,7 @@ def replay_on_dask(
     batch_turns: int | None = None,
     stream: bool = False,
     max_concurrency: int | None = None,
+    out: str | Path | None = None,
 ) -> pd.DataFrame:
     """`replay_async`'s run with its conversations on the Dask cluster of `client`.
 
@@ -316,6 +319,8 @@ def replay_on_dask(
                          {p.api_key_env: k for p in run.providers
                           if p.api_key_env and (k := p.api_key())}, secrets, stream)
     rows: list[TurnResult] = []
+    sink = result_sink(run, out)  # a .parquet out: rows streamed there, not held
+    keep = sink.add if sink is not None else rows.append
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
     if batch_turns is None:  # a small run still spreads over every worker
         batch_turns = max(1, min(BATCH_TURNS, total // (4 * workers)))
@@ -325,7 +330,7 @@ def replay_on_dask(
                disable=not progress)
 
     def emit(result: TurnResult, fresh: bool = True) -> None:
-        rows.append(result)
+        keep(result)
         bar.update(1)
         if fresh and log is not None:
             log.append(result)
@@ -356,7 +361,7 @@ def replay_on_dask(
     def receive(outcomes: list[_Outcome], paths: Mapping[tuple[str, str], Path]) -> None:
         for outcome in outcomes:  # cassettes first: a journaled row's recording is on disk
             for name, (interactions, finished) in outcome.written.items():
-                _write_back(paths[(name, outcome.conversation_id)], interactions, finished)
+                _write_back(run, paths[(name, outcome.conversation_id)], interactions, finished)
             for result in outcome.rows:
                 emit(result)
 
@@ -379,9 +384,10 @@ def replay_on_dask(
             future.cancel()
         if log is not None and isinstance(exc, CassetteError) and not log.rows:
             log.close(remove=True)
+        stop_sink(sink, run, exc)
         raise
     finally:
         bar.close()
         if log is not None:
             log.close()
-    return finish_run(run, rows, folders, log, keep_journal)
+    return finish_run(run, rows, folders, log, keep_journal, out, sink)

@@ -12,6 +12,7 @@ replays what was recorded and sends only the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import json
@@ -473,22 +474,59 @@ def begin_run(run: Run, journal: str | Path | None) -> tuple[results_mod.Journal
     return log, folders
 
 
+def result_sink(run: Run, out: str | Path | None) -> results_mod.ParquetSink | None:
+    """Where a run with a `.parquet` `out` streams its rows (see `results.ParquetSink`)."""
+    if out is None or results_mod.check_format(out) != ".parquet":
+        return None
+    providers = {p.name: p for p in run.providers}
+    n = len(run.providers)
+    expected = {c.id: len(c.user_turns()) * n for c in run.dataset.conversations}
+    return results_mod.ParquetSink(
+        out, expected,
+        lambda rows, ids: add_costs(results_mod.to_frame(rows, order=ids, providers=list(providers)),
+                                    providers))
+
+
 def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
-               log: results_mod.Journal | None, keep_journal: bool) -> pd.DataFrame:
+               log: results_mod.Journal | None, keep_journal: bool, out: str | Path | None = None,
+               sink: results_mod.ParquetSink | None = None) -> pd.DataFrame:
     """The results frame of a run that completed: priced, with the run's settings in
-    `attrs`; a re-recording marked done and (unless kept) the journal removed."""
+    `attrs`, saved to `out` if given (`sink`: its rows went there already); a re-recording
+    marked done and (unless kept) the journal removed."""
     if run.record_mode == "all":
         for folder in folders:
             end_rerecording(folder)
     dataset = run.dataset
-    frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations],
-                                           providers=[p.name for p in run.providers]),
-                      {p.name: p for p in run.providers})
-    frame.attrs["run"] = results_mod.run_info(dataset, run.providers, run.history,
-                                              run.record_mode, run.params)
+    info = results_mod.run_info(dataset, run.providers, run.history, run.record_mode, run.params)
+    if run.stream:  # which stream timings this run measured, which it read back from cassettes
+        info.update(stream=True, timing=dict(run.timing))
+    if sink is not None:
+        sink.close({"run": info})
+        frame = results_mod.load(sink.path, columns=results_mod.SUMMARY_COLUMNS)
+    else:
+        frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations],
+                                               providers=[p.name for p in run.providers]),
+                          {p.name: p for p in run.providers})
+        frame.attrs["run"] = info
+        if out is not None:
+            results_mod.save(frame, out)
     if log is not None and not keep_journal:
         log.close(remove=True)
     return frame
+
+
+def stop_sink(sink: results_mod.ParquetSink | None, run: Run, exc: BaseException) -> None:
+    """A run that failed leaves its `out` as it was; one stopped (Ctrl-C) leaves there the rows
+    that finished, as the CLI always did."""
+    if sink is None:
+        return
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) and not sink.empty:
+        info = results_mod.run_info(run.dataset, run.providers, run.history, run.record_mode,
+                                    run.params)
+        with contextlib.suppress(ValueError):
+            sink.close({"run": info}, unfinished=True)
+            return
+    sink.abort()
 
 
 async def replay_async(
@@ -510,8 +548,16 @@ async def replay_async(
     started_at: float | None = None,
     stream: bool = False,
     max_concurrency: int = AUTO_CEILING,
+    out: str | Path | None = None,
 ) -> pd.DataFrame:
     """Replay `dataset` against `providers`; returns the results DataFrame.
+
+    `out`: also save the results there (.parquet, .csv or .jsonl). A `.parquet` file is
+    written in row groups as conversations complete and the rows are not held, so a run of
+    millions of turns fits in memory: the frame returned then has `results.SUMMARY_COLUMNS`
+    only (what the summary reads; `results.load(out)` has every column). `out` is written under
+    a hidden name and renamed when complete: a killed run leaves it as it was; a stopped one
+    (Ctrl-C) leaves there the rows that finished.
 
     `stream`: ask each provider for its stream; harness's transport stamps time to first
     byte, token and content token, last token and end (`ttft_ms`, ...: see harness.timings),
@@ -537,6 +583,8 @@ async def replay_async(
     log, folders = begin_run(run, journal)
     limiters = gates(run.providers, run.concurrency if run.adaptive else None)
     rows: list[TurnResult] = []
+    sink = result_sink(run, out)
+    keep = sink.add if sink is not None else rows.append
     total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
     from tqdm import tqdm  # text, not a widget: a saved notebook keeps the final count
 
@@ -545,7 +593,7 @@ async def replay_async(
     def emit(result: TurnResult, fresh: bool = True) -> None:
         if fresh:  # before it reaches the journal, the table, stdout or a report
             scrub_row(result, secrets)
-        rows.append(result)
+        keep(result)
         bar.update(1)
         if fresh and log is not None:
             log.append(result)
@@ -568,16 +616,14 @@ async def replay_async(
         await asyncio.gather(*tasks, return_exceptions=True)
         if log is not None and isinstance(exc, CassetteError) and not log.rows:
             log.close(remove=True)  # a corrupt cassette is bad input: leave no journal behind
+        stop_sink(sink, run, exc)
         raise
     finally:
         await run.aclose()
         bar.close()
         if log is not None:
             log.close()
-    frame = finish_run(run, rows, folders, log, keep_journal)
-    if stream:  # which stream timings this run measured, which it read back from cassettes
-        frame.attrs["run"].update(stream=stream, timing=dict(run.timing))
-    return frame
+    return finish_run(run, rows, folders, log, keep_journal, out, sink)
 
 
 ProviderSpec = str | Provider

@@ -7,7 +7,8 @@ import hashlib
 import json
 import math
 import operator
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .messages import FINISH_REASONS, Reply, Usage
 from .tools import calls_json, from_json, tool_call_match
@@ -376,16 +378,25 @@ def save(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.DataFrame:
+# what the summary, the failures line and the cost notes read: every column but the texts
+TEXT_COLUMNS = ("prompt", "reference", "response", "raw_finish_reason", "usage_raw", "response_id")
+SUMMARY_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in TEXT_COLUMNS)
+
+
+def load(path: str | Path, providers: Mapping[str, Any] | None = None,
+         columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a results file written by `save` back into the documented dtypes.
 
     A file written before `cost_usd` existed is priced now (`providers` by name, for the
-    ones that are no preset)."""
+    ones that are no preset). `columns` (Parquet only) reads just those, e.g. `SUMMARY_COLUMNS`
+    of a run too big to hold whole; the others come back NA."""
     path = Path(path)
     suffix = check_format(path)
     try:
         if suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(path, columns=list(columns) if columns else None)
+            if columns:
+                frame = frame.assign(**{c: None for c in COLUMNS if c not in frame.columns})
         elif suffix == ".csv":
             frame = pd.read_csv(path, dtype={"conversation_id": str}, keep_default_na=False,
                                 na_values=[""])
@@ -416,6 +427,8 @@ def load(path: str | Path, providers: Mapping[str, Any] | None = None) -> pd.Dat
         from .costs import add_costs
 
         out = add_costs(out, providers)
+    if columns:
+        out = out[[c for c in COLUMNS if c in columns]]
     if extra:
         out = out.join(_score_dtypes(frame[extra]))
     out.attrs = {"run": run} if isinstance(run, dict) else {}
@@ -438,6 +451,106 @@ def _score_dtypes(extras: pd.DataFrame) -> pd.DataFrame:
         elif known is not None or str(column).startswith("judge_"):
             typed[column] = pd.Series(_as_dtype(values, "Float64"), index=values.index)
     return nullable(_replaced(extras, typed))
+
+
+ROW_GROUP_ROWS = 20_000
+# strings stay plain strings in the file; `normalize` gives them their dtypes when read
+_SCHEMA = pa.schema([(c, _ARROW[DTYPES[c]]) for c in COLUMNS])
+
+
+def partial_results(path: str | Path) -> Path:
+    """Where `ParquetSink` writes until the run is complete (then renamed to `path`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+class ParquetSink:
+    """Result rows written to a Parquet file in row groups as they complete, in dataset order.
+
+    A row is held only until its conversation, and every conversation before it, has all of
+    its rows (`expected`: rows per conversation id, in dataset order); then it goes out in the
+    next row group of `row_group` rows, made into a frame by `prepare(rows, ids)` (the results
+    frame of those rows, priced). The file is written as `partial_results(path)` and renamed to
+    `path` by `close`: a run killed midway leaves `path` as it was, never half written.
+    """
+
+    def __init__(self, path: str | Path, expected: Mapping[str, int],
+                 prepare: Callable[[list[TurnResult], list[str]], pd.DataFrame],
+                 row_group: int | None = None):
+        self.path, self.partial = Path(path), partial_results(path)
+        self.prepare, self.row_group = prepare, row_group or ROW_GROUP_ROWS
+        self.rows = 0  # written so far
+        self._ids, self._left = list(expected), dict(expected)
+        self._held: dict[str, list[TurnResult]] = {}
+        self._next = 0
+        self._ready: list[TurnResult] = []
+        self._ready_ids: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._advance()
+
+    def add(self, result: TurnResult) -> None:
+        """Take one finished row; write a row group when enough rows are complete."""
+        cid = result.conversation_id
+        self._held.setdefault(cid, []).append(result)
+        self._left[cid] -= 1
+        if self._left[cid] == 0:
+            self._advance()
+
+    def _advance(self) -> None:
+        ids, left = self._ids, self._left
+        while self._next < len(ids) and left[ids[self._next]] <= 0:
+            cid = ids[self._next]
+            self._ready += self._held.pop(cid, [])
+            self._ready_ids.append(cid)
+            self._next += 1
+        if len(self._ready) >= self.row_group:
+            self._write()
+
+    def _write(self) -> None:
+        rows, ids = self._ready, self._ready_ids
+        self._ready, self._ready_ids = [], []
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # without the stored Arrow schema, the key-value metadata (attrs) is what readers see
+            self._writer = pq.ParquetWriter(self.partial, _SCHEMA, store_schema=False)
+        if rows:
+            table = pa.Table.from_pandas(self.prepare(rows, ids), preserve_index=False)
+            self._writer.write_table(table.select(list(COLUMNS)).cast(_SCHEMA))
+            self.rows += len(rows)
+
+    def close(self, attrs: Mapping[str, Any] | None = None, *, unfinished: bool = False) -> Path:
+        """Write what is left, `attrs` (the run) as the frame's attrs, and rename the file to
+        `path`. `unfinished`: a stopped run; the rows of conversations it did not complete are
+        written too (after the others)."""
+        if unfinished:
+            for cid in self._ids[self._next:]:
+                rows = self._held.pop(cid, [])
+                self._ready += rows
+                self._ready_ids += [cid] if rows else []
+        try:
+            self._write()
+            assert self._writer is not None
+            if attrs:
+                self._writer.add_key_value_metadata({"PANDAS_ATTRS": json.dumps(dict(attrs))})
+            self._writer.close()
+            os.replace(self.partial, self.path)
+        except OSError as exc:
+            self.abort()
+            raise ValueError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        return self.path
+
+    @property
+    def empty(self) -> bool:
+        """No row has come in yet."""
+        return not (self.rows or self._ready or any(self._held.values()))
+
+    def abort(self) -> None:
+        """Stop without writing `path`; the partial file is removed."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                writer.close()
+        self.partial.unlink(missing_ok=True)
 
 
 class JournalWriteError(OSError):

@@ -209,6 +209,11 @@ def snippet(body: bytes, limit: int = SNIPPET) -> str:
 
 def load_json(body: bytes) -> Any:
     """The body as JSON, or ValueError("invalid JSON response: ...")."""
+    try:  # on every replayed turn: orjson is several times faster, and gives the same values
+        # (bar integers beyond 64 bits, which no provider sends: it reads them as floats)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # what only the standard library reads (NaN, big ints)
+        pass
     try:
         return json.loads(body)
     except ValueError:
