@@ -354,6 +354,11 @@ _SHORT_SECRET = 6  # shorter secrets (a short password) are scrubbed only where 
 
 def scrub_url(url: str, secrets: list[str]) -> str:
     """`url` with its userinfo and key-like query values replaced, and any secret in it."""
+    return _scrub_url(url, tuple(secrets))
+
+
+@functools.lru_cache(maxsize=256)  # a run sends to a few URLs, thousands of times each
+def _scrub_url(url: str, secrets: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
@@ -437,6 +442,7 @@ def scrub_headers(headers: dict[str, list[str]], secrets: list[str]) -> dict[str
     }
 
 
+@functools.lru_cache(maxsize=1024)
 def _secret_header(name: str) -> bool:
     # x-ratelimit-remaining-tokens counts tokens: it is no credential
     return name in SECRET_HEADERS or (is_secret_name(name) and "ratelimit" not in name
@@ -779,9 +785,29 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON escapes them; libyaml refuses
 _ONE_STRING_LIST = re.compile(r'\[\n\s*("(?:[^"\\]|\\.)*")\n\s*\]')
 
 
-def _json_text(data: dict) -> str:
-    """Indented JSON, header values on one line: readable in a diff."""
+def _json_text(data: dict, plain: bool | None = None) -> str:
+    """Indented JSON, header values on one line: readable in a diff. `plain`: whether
+    `data` holds only dicts, lists, strings, ints and None (checked when None).
+
+    That is `_ONE_STRING_LIST.sub(r"[\\1]", json.dumps(data, indent=2, ensure_ascii=False))`
+    byte for byte; for plain data orjson writes it ~20x faster (a save per conversation),
+    each one-string list handed to it already written on one line."""
+    if _json_is_yaml(data) if plain is None else plain:
+        try:
+            return orjson.dumps(_one_line_lists(data), option=orjson.OPT_INDENT_2).decode("utf-8")
+        except (orjson.JSONEncodeError, TypeError):  # a lone surrogate, an int past 64 bits
+            pass
     return _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _one_line_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _one_line_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], str):
+            return orjson.Fragment(orjson.dumps(value))
+        return [_one_line_lists(v) for v in value]
+    return value
 
 
 def _yaml_text(data: dict) -> str:
@@ -793,7 +819,7 @@ def _yaml_text(data: dict) -> str:
     vcrpy does.
     """
     if _json_is_yaml(data):
-        text = _json_text(data)
+        text = _json_text(data, plain=True)
         if not _SURROGATE.search(text):
             return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
