@@ -373,8 +373,10 @@ class Client:
 
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
         """As httpx.AsyncClient.send: the response, its body read unless `stream`."""
-        if self.transport is None:
-            assert self.client is not None
+        if self.transport is None or request.url.userinfo:  # user:pass@ is httpx's Basic auth
+            if self.client is None:
+                self.client = httpx.AsyncClient(timeout=httpx.Timeout(**self.timeouts),
+                                                transport=self.transport)
             return await self.client.send(request, stream=stream)
         if "timeout" not in request.extensions:
             request.extensions = {**request.extensions, "timeout": self.timeouts}
@@ -390,7 +392,7 @@ class Client:
 
     async def aclose(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.aclose()  # and the transport it was given
         if self.transport is not None:
             await self.transport.aclose()
 
