@@ -1,6 +1,6 @@
 """The engine: every user turn of every conversation, sent to every provider, as result rows.
 
-Conversations run concurrently (one shared httpx.AsyncClient); the turns of a conversation
+Conversations run concurrently (one shared client: harness.transport); the turns of a conversation
 run in order, because in `self` and `auto` history a turn's prompt holds the provider's own
 earlier replies. Each (provider, conversation) has its own cassette; what a conversation
 records is kept in its partial file (after every turn when journaling, else when it ends or
