@@ -1,12 +1,13 @@
 """`harness view` page weight and time to first render, in headless Chromium.
 
-    python bench/view_render.py [--turns 10000] [--providers 5] [--screenshots docs/]
+    python bench/view_render.py [--turns 10000] [--providers 5] [--scores] [--screenshots docs/]
 
 Measures the demo (replayed offline from the shipped cassettes, against a baseline with two
 changed rows) and a synthetic run of TURNS turns x PROVIDERS providers. Time to first render
 is from navigation start to the end of the page's first render (a performance mark), and
 to first contentful paint. With --screenshots, saves the demo's matrix, thread and diff at
-1400 px wide.
+1400 px wide. `sig cpu s` is the CPU the page's Significance section costs alone (it is part
+of `build s`); --scores adds the `exact` and `similarity` scores to the synthetic run first.
 """
 
 from __future__ import annotations
@@ -102,10 +103,13 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10_000)
     parser.add_argument("--providers", type=int, default=5)
     parser.add_argument("--screenshots", type=Path)
+    parser.add_argument("--scores", action="store_true",
+                        help="score the synthetic run (exact, similarity) before building its page")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    from harness.view import write_view
+    from harness import scores
+    from harness.view import significance_data, write_view
 
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -113,21 +117,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         folder = Path(tmp)
         browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
-        print(f"{'page':<28} {'rows':>7} {'build s':>8} {'MB':>7} {'render ms':>10} {'FCP ms':>8} "
-              f"{'JS heap MB':>11}")
+        print(f"{'page':<28} {'rows':>7} {'build s':>8} {'sig cpu s':>10} {'MB':>7} {'render ms':>10} "
+              f"{'FCP ms':>8} {'JS heap MB':>11}")
+        big = synthetic(folder, args.turns, args.providers)
+        if args.scores:
+            big = ([(name, scores.score(frame, ["exact", "similarity"])) for name, frame in big[0]],
+                   big[1])
         for label, (runs, baseline), shots in (
                 ("demo", demo(folder), args.screenshots),
-                (f"{args.turns} turns x {args.providers}", synthetic(folder, args.turns, args.providers),
-                 None)):
+                (f"{args.turns} turns x {args.providers}", big, None)):
             started = time.perf_counter()
             path = write_view(runs, folder / f"{label.split()[0]}.html", baseline=baseline)
             build = time.perf_counter() - started
+            cpu = time.process_time()
+            significance_data(runs[0][1])
+            sig = time.process_time() - cpu
             best = min((measure(browser, path, shots if k == 0 else None) for k in range(3)),
                        key=lambda m: m["rendered"])
             assert not best["outside"], best["outside"]
             fcp = f"{best['fcp']:8.0f}" if best["fcp"] is not None else f"{'-':>8}"
             heap = f"{best['heap_mb']:11.1f}" if best["heap_mb"] else f"{'-':>11}"
-            print(f"{label:<28} {len(runs[0][1]):>7} {build:8.2f} {path.stat().st_size / 2**20:7.2f} "
+            print(f"{label:<28} {len(runs[0][1]):>7} {build:8.2f} {sig:10.2f} "
+                  f"{path.stat().st_size / 2**20:7.2f} "
                   f"{best['rendered']:10.0f} {fcp} {heap}")
         browser.close()
 

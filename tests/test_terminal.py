@@ -133,3 +133,33 @@ def test_diff_bad_flags_are_one_line(demo):
                           "--ignore colour", "response")
     assert_one_clear_line(run_cli("diff", str(out), str(out), "--tolerance", "response=2"),
                           "--tolerance response")
+
+
+def test_compare_metric_and_judge_verdicts_fit_80_columns(demo, tmp_path):
+    from test_significance import verdict_table
+
+    out, _ = demo
+    scored = tmp_path / "scored.parquet"
+    proc = run_cli("score", str(out), "-s", "similarity", "--out", str(scored))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("compare", str(scored), "--metric", "similarity", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    _fits(proc.stdout)
+    text = " ".join(proc.stdout.split())
+    assert "similarity: mean per provider, 95% bootstrap interval" in text
+    assert "beats local-gemma3 on similarity by" in text  # a base model that echoes markers
+    a, b = "local-smollm2-anthropic", "local-smollm2-cohere-v2"
+    results.save(verdict_table(30, 10, 4, 6, 2, a=a, b=b),
+                 tmp_path / f"scored.pairwise-{a}-{b}.parquet")
+    proc = run_cli("compare", str(scored), "--metric", "winner", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    _fits(proc.stdout)
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("judged"))
+    assert header.split() == ["judged", "a", "wins", "b", "wins", "ties", "inconsistent",
+                              "unparsable", "a", "win", "%", "low", "%", "high", "%"]
+    assert lines[lines.index(header) + 1].split()[:8] == ["52", "30", "10", "4", "6", "2", "75", "60"]
+    text = " ".join(proc.stdout.split())
+    assert f"a = {a}, b = {b}" in text
+    assert (f"{a} wins 75% [60%, 86%] of 40 decisive turns against {b}; of 52 judged turns "
+            "4 tied, 6 inconsistent, 2 unparsable; 26 conversations") in text

@@ -227,3 +227,75 @@ def test_the_thread_of_a_self_history_run_holds_the_providers_own_replies(tmp_pa
     assert sent["cuts"] == [2, 4]
     assert sent["messages"][2] == ["assistant", own["response"].iloc[0], "own"]  # not "Paris."
     assert sent["messages"][3] == ["user", "And its river?", "dataset"]
+
+
+@pytest.fixture(scope="module")
+def judged(runs) -> dict[str, Path]:
+    """The demo scored, and judged offline from the shipped judge cassettes (a verdict table
+    beside the scored file), then viewed twice."""
+    folder = runs["folder"]
+    scored = folder / "scored.parquet"
+    proc = run_cli("score", str(runs["base"]), "-s", "exact", "-s", "similarity", "--judge",
+                   "local-smollm2", "--judged", "local-smollm2", "--conversation", "science-why",
+                   "--pairwise", "local-smollm2,local-gemma3", "--judge-max-tokens", "64",
+                   "--dataset", "demo", "--out", str(scored))
+    assert proc.returncode == 0, proc.stderr
+    pages = []
+    for name in ("sig-1.html", "sig-2.html"):
+        proc = run_cli("view", str(scored), "--out", str(folder / name))
+        assert proc.returncode == 0, proc.stderr
+        pages.append(folder / name)
+    return {"scored": scored, "verdicts": folder / "scored.pairwise-local-smollm2-local-gemma3.parquet",
+            "page": pages[0], "again": pages[1]}
+
+
+def test_the_significance_section_is_computed_at_build_time_and_reproducible(judged):
+    from harness import significance
+
+    assert judged["page"].read_bytes() == judged["again"].read_bytes()  # seeded: byte for byte
+    frame = results.load(judged["scored"])
+    sig = _data(judged["page"])["runs"][0]["significance"]
+    metrics = [m["metric"] for m in sig["metrics"]]
+    assert metrics == significance.default_metrics(frame)
+    assert "similarity" in metrics and "latency_ms" in metrics
+    assert "cost_usd" not in metrics  # every demo provider runs on this machine: $0 each
+    similarity = sig["metrics"][metrics.index("similarity")]
+    cli = significance.significance(frame, "similarity", seed=0)  # what compare --metric prints
+    assert [text for text, _ in similarity["sentences"]] == list(cli["pairs"]["sentence"])
+    pairs = len(DEMO) * (len(DEMO) - 1) // 2
+    assert len(similarity["pairs"]["rows"]) == len(similarity["sentences"]) == pairs
+    assert similarity["strengths"] is not None and len(similarity["providers"]["rows"]) == len(DEMO)
+    latency = sig["metrics"][metrics.index("latency_ms")]
+    assert latency["better"] == "lower"
+    assert any("(lower is better)" in text for text, _ in latency["sentences"])
+    (judge_table,) = sig["verdicts"]
+    assert judge_table["file"] == judged["verdicts"].name and judge_table["judge"] == "local-smollm2"
+    expected = significance.win_rates(pd.read_parquet(judged["verdicts"]))["sentence"].iloc[0]
+    assert judge_table["sentences"][0][0] == expected
+
+
+def test_the_significance_sentences_are_visible_in_a_real_browser(judged, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
+    page.goto(judged["page"].as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    page.click("#tab-significance")
+    sig = _data(judged["page"])["runs"][0]["significance"]
+    similarity = next(m for m in sig["metrics"] if m["metric"] == "similarity")
+    page.select_option("#sig-metric", "similarity")
+    shown = page.locator(".sig-sentence").filter(has_text=similarity["sentences"][0][0])
+    detected = [text for text, found in similarity["sentences"] if found]
+    first = page.locator("ul.detected .sig-sentence").first if detected else shown
+    assert first.is_visible()
+    assert "on similarity" in first.inner_text()
+    assert page.locator("#sig-pairs tbody tr").count() == len(similarity["pairs"]["rows"])
+    assert page.locator("#sig-strengths tbody tr").count() == len(DEMO)
+    page.select_option("#sig-metric", "latency_ms")
+    assert "lower is better" in page.inner_text("#significance h2")
+    page.select_option("#sig-metric", "winner")
+    verdict = page.locator(".sig-sentence").first
+    assert verdict.is_visible() and verdict.inner_text() == sig["verdicts"][0]["sentences"][0][0]
+    assert page.locator("#sig-wins-0 tbody tr").count() == 1
+    assert not errors

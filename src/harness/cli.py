@@ -390,12 +390,25 @@ def _interrupted(args: argparse.Namespace, finished: pd.DataFrame, total: int,
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from . import verdicts
+
+    is_verdicts = verdicts.is_verdict_table(args.results)
+    if args.metric == "winner" or (is_verdicts and not args.metric):
+        return _print_win_rates(args, [args.results] if is_verdicts else None)
+    if is_verdicts:
+        raise UsageError(f"{args.results} is a judge verdict table: its metric is winner "
+                         f"(expected --metric winner, or a results file for --metric {args.metric})")
     extra = _user_providers(args.providers_file)
     frame = results.load(args.results, extra)
     if args.metric:
-        return _print_significance(frame, args.metric, args.seed)
+        return _print_significance(frame, args.metric, args.seed, args.format)
     if args.format == "table":
-        print_report(frame, _console(), args.show, extra)
+        console = _console()
+        print_report(frame, console, args.show, extra)
+        if beside := verdicts.beside(args.results):
+            console.print(f"{len(beside)} judge verdict table{'s' * (len(beside) > 1)} beside "
+                          "it: harness compare "
+                          f"{args.results} --metric winner", highlight=False, markup=False)
         return 0
     tables = {"summary": summary(frame).reset_index(),
               "finish_reasons": compare.finish_reasons(frame).reset_index(),
@@ -406,9 +419,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_significance(frame: pd.DataFrame, metric: str, seed: int) -> int:
+def _print_significance(frame: pd.DataFrame, metric: str, seed: int, fmt: str = "table") -> int:
     """`compare --metric`: intervals per provider and per pair, and what they mean."""
     out = compare.significance(frame, metric, seed=seed)
+    if fmt != "table":
+        write_tables({name: table.reset_index() if name != "pairs" else table
+                      for name, table in out.items()}, fmt)
+        return 0
     console = _console()
     print_frame(out["providers"].round(4), f"{metric}: mean per provider, 95% bootstrap interval "
                 "(resampling conversations)", console, index=True)
@@ -419,6 +436,47 @@ def _print_significance(frame: pd.DataFrame, metric: str, seed: int) -> int:
                     "wins", console, index=True)
     for sentence in out["pairs"]["sentence"]:
         console.print(sentence, highlight=False)
+    return 0
+
+
+def _print_win_rates(args: argparse.Namespace, files: list[str] | None) -> int:
+    """`compare --metric winner`: judge verdicts as win rates with Wilson intervals, from a
+    verdict table, or from every one `harness score --pairwise` wrote beside a results file."""
+    from . import verdicts
+    from .significance import win_rates
+
+    if files is None:
+        files = [str(f) for f in verdicts.beside(args.results)]
+        if not files:
+            path = Path(args.results)
+            raise UsageError(f"--metric winner: {path} is not a judge verdict table and no "
+                             f"{path.stem}.pairwise-A-B{path.suffix} lies beside it (expected "
+                             "one: harness score RESULTS --judge J --pairwise A,B --out "
+                             f"{path})")
+    loaded = {f: verdicts.load(f) for f in files}
+    tables = {f: win_rates(v).assign(judge=verdicts.judges(v)) for f, v in loaded.items()}
+    if args.format != "table":
+        write_tables({"win_rates": pd.concat([t.assign(file=f) for f, t in tables.items()],
+                                             ignore_index=True)}, args.format)
+        return 0
+    console = _console()
+    for f, table in tables.items():
+        judge = verdicts.judges(loaded[f])
+        shown = pd.DataFrame({
+            "a": table["a"], "b": table["b"], "judged": table["judged"],
+            "a wins": table["a_wins"], "b wins": table["b_wins"], "ties": table["ties"],
+            "inconsistent": table["inconsistent"], "unparsable": table["errors"],
+            **{name: (table[c] * 100).round().astype("Int64")
+               for name, c in (("a win %", "a_win_rate"), ("low %", "low"), ("high %", "high"))}})
+        title = f"{f}: " + (f"judge {judge}, " if judge else "")
+        if len(table) == 1:  # the usual file, one pair: its names in the title, not cut
+            title += f"a = {table['a'].iloc[0]}, b = {table['b'].iloc[0]}"
+            shown = shown.drop(columns=["a", "b"])
+        console.print(title, highlight=False, markup=False)
+        print_frame(shown, "a's win rate over decisive turns (won in both orders), 95% Wilson "
+                    "interval", console)
+        for sentence in table["sentence"]:
+            console.print(sentence, highlight=False, markup=False)
     return 0
 
 
@@ -764,7 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results")
     p.add_argument("--metric", "-m", metavar="COLUMN",
                    help="instead, is the difference between providers on this score real? "
-                        "(bootstrap intervals by conversation, paired; McNemar for pass/fail)")
+                        "(bootstrap intervals by conversation, paired; McNemar for pass/fail); "
+                        "winner: the judge's pairwise verdicts as win rates (a verdict table, "
+                        "or the ones harness score --pairwise wrote beside RESULTS)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--show", choices=SHOW, default="summary",
                    help="summary (default), replies (side by side too) or all")

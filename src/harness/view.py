@@ -7,6 +7,7 @@ runs' data as JSON: it opens from a file or a CI artifact with no network at all
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from . import compare
+from . import compare, verdicts
 from .datasets import Turn, conversation_turns, load_dataset
 from .messages import Conversation, Reply
 from .results import COLUMNS
+from .significance import default_metrics, direction, win_rates
 
 ROW_COLUMNS = ("conversation_id", "turn", "provider", "model", "prompt", "response",
                "finish_reason", "raw_finish_reason", "status", "input_tokens", "output_tokens",
@@ -45,8 +47,8 @@ def _columns(frame: pd.DataFrame, names: list[str]) -> dict[str, list]:
     return {c: _list(frame[c]) for c in names}
 
 
-def _table(frame: pd.DataFrame) -> dict[str, Any]:
-    frame = frame.reset_index()
+def _table(frame: pd.DataFrame, index: bool = True) -> dict[str, Any]:
+    frame = frame.reset_index() if index else frame
     return {"columns": [str(c) for c in frame.columns],
             "rows": [[_value(v) for v in row] for row in frame.itertuples(index=False)]}
 
@@ -111,9 +113,55 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = None) -> dict:
-    """Everything the page shows about one run, as plain JSON-able values."""
+# bootstrap resamples per interval, as `compare --metric` draws them, so the page shows the
+# numbers the CLI prints: at 10k turns x 5 providers, 3 metrics, ~1.3 s of CPU
+# (bench/view_render.py --scores); 1000 and 200 would make it ~0.9 s
+PAGE_BOOT = 2000
+PAGE_BT_BOOT = 500
+
+
+def significance_data(results: pd.DataFrame, verdict_files: Sequence[Path] = ()
+                      ) -> dict[str, Any]:
+    """The page's Significance section: `compare.significance` on every score column and the
+    default metrics (`significance.default_metrics`), seeded, and the judge's win rates from
+    each verdict table in `verdict_files`."""
+    metrics = []
+    for metric in default_metrics(results):
+        out = compare.significance(results, metric, n_boot=PAGE_BOOT, bt_boot=PAGE_BT_BOOT, seed=0)
+        pairs = out["pairs"]
+        metrics.append({
+            "metric": metric, "better": direction(metric),
+            "providers": _table(out["providers"]),
+            "pairs": _table(pairs.drop(columns="sentence"), index=False),
+            "sentences": _sentences(pairs, 0.0),
+            "strengths": _table(out["strengths"]) if "strengths" in out else None})
+    judged = []
+    for path in verdict_files:
+        table = verdicts.load(path)
+        rates = win_rates(table)
+        judged.append({"file": Path(path).name, "judge": verdicts.judges(table),
+                       "table": _table(rates.drop(columns="sentence"), index=False),
+                       "sentences": _sentences(rates, 0.5)})
+    return {"metrics": metrics, "verdicts": judged, "resamples": PAGE_BOOT}
+
+
+def _sentences(table: pd.DataFrame, null: float) -> list[list]:
+    """[sentence, whether its interval excludes `null`] per row: the page shows those first."""
+    if table.empty:
+        return []
+    detected = ((table["low"] > null) | (table["high"] < null)).fillna(False)
+    return [[text, bool(d)] for text, d in zip(_list(table["sentence"]), detected, strict=True)]
+
+
+def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = None,
+             verdict_files: list[Path] | None = None) -> dict:
+    """Everything the page shows about one run, as plain JSON-able values. Judge verdict
+    tables are `verdict_files`, else the ones `harness score --pairwise` wrote beside the
+    results file."""
     run = dict(results.attrs.get("run") or {})
+    if verdict_files is None:
+        source = results.attrs.get("path")
+        verdict_files = verdicts.beside(source) if source and Path(source).is_file() else []
     extra = _extra_columns(results)
     data: dict[str, Any] = {
         "name": name,
@@ -126,6 +174,7 @@ def run_data(results: pd.DataFrame, name: str, baseline: pd.DataFrame | None = N
         "usage": _table(compare.usage(results)),
         "finish": _table(compare.finish_reasons(results)),
         "threads": threads(results, run),
+        "significance": significance_data(results, verdict_files),
         "changes": {},
     }
     if baseline is not None:

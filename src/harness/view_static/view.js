@@ -49,7 +49,8 @@
     run.statuses = [...new Set(r.status)];
     state = {tab: state ? state.tab : "matrix", search: "", providers: new Set(run.providers), reason: "",
       status: "", changedOnly: false, erroredOnly: false, sort: null, desc: false, shown: PAGE,
-      thread: run.groups.length ? run.groups[0].cid : null, threadProvider: run.providers[0], runIndex: i};
+      thread: run.groups.length ? run.groups[0].cid : null, threadProvider: run.providers[0], runIndex: i,
+      sigMetric: state ? state.sigMetric : null};
   }
 
   // -- word-level diff: LCS over words (each with its trailing space); a changed stretch
@@ -104,7 +105,7 @@
   function tabs() {
     const n = Object.keys(run.changes || {}).length + (run.removed || []).length;
     const list = [["matrix", "Matrix"], ["thread", "Thread"], ...(run.baseline !== undefined ? [["changes", `Changes (${n})`]] : []),
-      ["usage", "Usage"], ["charts", "Charts"]];
+      ["usage", "Usage"], ["significance", "Significance"], ["charts", "Charts"]];
     return el("nav", {}, list.map(([id, label]) => el("button", {id: "tab-" + id, class: state.tab === id ? "active" : null,
       onclick: () => { state.tab = id; render(); }}, label)));
   }
@@ -255,7 +256,7 @@
   }
 
   // -- usage --
-  function sortableTable(data, id) {
+  function sortableTable(data, id, format = fmt) {
     const tbl = {sort: null, desc: false};
     const wrap = el("div", {class: "scroll"});
     const draw = () => {
@@ -266,7 +267,7 @@
       wrap.replaceChildren(el("table", {id}, el("thead", {}, el("tr", {}, data.columns.map((c, k) => el("th", {
         class: [numeric[k] ? "num" : "", tbl.sort === k ? (tbl.desc ? "sorted-desc" : "sorted-asc") : ""].join(" ").trim() || null,
         onclick: () => { if (tbl.sort === k) tbl.desc = !tbl.desc; else { tbl.sort = k; tbl.desc = false; } draw(); }}, c)))),
-      el("tbody", {}, rows.map((row) => el("tr", {}, row.map((v, k) => el("td", {class: numeric[k] ? "num" : null}, fmt(v))))))));
+      el("tbody", {}, rows.map((row) => el("tr", {}, row.map((v, k) => el("td", {class: numeric[k] ? "num" : null}, format(v))))))));
     };
     draw();
     return wrap;
@@ -284,6 +285,51 @@
         sortableTable({columns: ["provider", ...numeric.flatMap((c) => [c + " sum", c + " mean"])], rows}, "extra"));
     }
     return out;
+  }
+
+  // -- significance: computed at build time (harness.view.significance_data), shown here --
+  const sig3 = (v) => v === null || v === undefined ? "—" : typeof v !== "number" ? String(v) :
+    Number.isInteger(v) ? v.toLocaleString("en") : Math.abs(v) >= 1000 ? Math.round(v).toLocaleString("en") :
+    String(Number(v.toPrecision(3)));
+  const DIRECTION = {higher: "higher is better", lower: "lower is better", neutral: "neither more nor less is better"};
+  function sentences(list) {  // [text, detected]: what differs first, the rest folded away when long
+    const found = list.filter(([, d]) => d), rest = list.filter(([, d]) => !d);
+    const items = (xs, cls) => el("ul", {class: "sentences " + cls}, xs.map(([t]) => el("li", {class: "sig-sentence"}, t)));
+    return [found.length ? items(found, "detected") : null,
+      rest.length > 5 && found.length ? el("details", {}, el("summary", {}, `${rest.length} with no detectable difference`),
+        items(rest, "undetected")) : rest.length ? items(rest, "undetected") : null];
+  }
+  function metricView(m) {
+    const test = m.pairs.columns.includes("mcnemar_p") ? "; McNemar's exact test on the turns only one passed" : "";
+    const out = [el("h2", {}, `${m.metric} (${DIRECTION[m.better]})`), sentences(m.sentences),
+      el("p", {class: "note"}, `95% intervals from ${run.significance.resamples} bootstrap resamples of whole ` +
+        "conversations (the turns of one conversation are correlated), seed 0: the same results give the same page."),
+      el("h3", {}, "Mean per provider, 95% interval"), sortableTable(m.providers, "sig-providers", sig3),
+      el("h3", {}, `Paired difference b − a on the turns both answered, 95% interval${test}`),
+      sortableTable(m.pairs, "sig-pairs", sig3)];
+    if (m.strengths) out.push(el("h3", {}, "Bradley-Terry strengths from per-turn wins (sum to 1; " +
+      (m.better === "lower" ? "the lower value wins a turn)" : "the higher value wins a turn)")),
+      sortableTable(m.strengths, "sig-strengths", sig3));
+    return out;
+  }
+  function winRates(list) {
+    return list.flatMap((v, k) => [el("h2", {}, (v.judge ? `judge ${v.judge}: ` : "") + v.file), sentences(v.sentences),
+      el("p", {class: "note"}, "a_win_rate: a's share of the decisive turns (one side won in both orders), 95% Wilson " +
+        "interval; inconsistent: the two orders disagreed; errors: a verdict that could not be parsed"),
+      sortableTable(v.table, "sig-wins-" + k, sig3)]);
+  }
+  function significance() {
+    const sig = run.significance || {metrics: [], verdicts: []};
+    const options = sig.metrics.map((m) => [m.metric, m.metric]);
+    if (sig.verdicts.length) options.push(["winner", "winner (judge verdicts)"]);
+    if (!options.length) return [el("p", {class: "note", id: "significance"}, "Nothing to test: the run needs two " +
+      "providers and a column that varies (scores from harness score, latency, tokens, cost).")];
+    if (!options.some(([v]) => v === state.sigMetric)) state.sigMetric = options[0][0];
+    const chosen = sig.metrics.find((m) => m.metric === state.sigMetric);
+    return [el("div", {class: "toolbar"}, el("label", {}, "metric ", el("select", {id: "sig-metric",
+        onchange: (e) => { state.sigMetric = e.target.value; renderMain(); }},
+        options.map(([v, label]) => el("option", {value: v, selected: v === state.sigMetric}, label))))),
+      el("div", {id: "significance"}, chosen ? metricView(chosen) : winRates(sig.verdicts))];
   }
 
   // -- charts (inline SVG) --
@@ -344,7 +390,7 @@
   function renderMain() {
     const main = document.querySelector("main");
     const active = document.activeElement && document.activeElement.id;
-    const views = {matrix: () => [toolbar(), matrix()], thread, changes, usage, charts};
+    const views = {matrix: () => [toolbar(), matrix()], thread, changes, usage, significance, charts};
     main.replaceChildren(...[views[state.tab]()].flat(2));
     if (active === "search") { const s = document.getElementById("search"); s.focus(); s.setSelectionRange(s.value.length, s.value.length); }
   }
