@@ -45,8 +45,20 @@ def child(args: argparse.Namespace) -> None:
         import httpx2
 
         sys.modules["httpx"] = httpx2
+    import importlib
+
     from harness import RetryPolicy, replay
     from harness.providers import Provider
+
+    if args.client != "harness":  # the client's own transport (httpcore's pool), not harness's
+        engine = importlib.import_module("harness.replay")
+        engine.make_client = lambda timeout, limits: engine.httpx.AsyncClient(
+            timeout=timeout, limits=limits)
+    # what a run imports on first need, imported before the CPU clock starts
+    import tqdm  # noqa: F401
+
+    import harness.compare  # noqa: F401
+    import harness.costs  # noqa: F401
 
     data = dataset(args.conversations, args.turns)
     provider = Provider(name="stub", protocol="openai", base_url=f"{args.url}/v1",
@@ -100,7 +112,10 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", default="16,64,256,1024")
-    parser.add_argument("--client", choices=("httpx", "httpx2"), default="httpx")
+    parser.add_argument("--client", choices=("harness", "httpx", "httpx2"),
+                        default="harness",
+                        help="harness: its own pooled transport (the default); httpx, httpx2: "
+                             "that client's own transport (httpcore's pool)")
     parser.add_argument("--rate", type=float, help="server limit, requests/s (runs auto)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

@@ -33,19 +33,21 @@ ALL_TURNS = {(c, t) for c in range(CONVERSATIONS) for t in range(1, TURNS + 1)}
 # Runs `python -m harness ARGS...` with one function wrapped so that its Nth call kills the
 # process with SIGKILL, before or after the real call: a kill at a precise point.
 KILLER = r"""
-import builtins, importlib, os, signal, sys
+import builtins, importlib, os, signal, sys, threading
 module, attribute, nth, when = sys.argv[1].split(":")
 owner = importlib.import_module(module)
 *parents, name = attribute.split(".")
 for part in parents:
     owner = getattr(owner, part)
-original, calls = getattr(owner, name, None) or getattr(builtins, name), [0]
+original, calls, lock = getattr(owner, name, None) or getattr(builtins, name), [0], threading.Lock()
 def wrapper(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == int(nth) and when == "before":
+    with lock:  # saves run in worker threads: each call gets its own number
+        calls[0] += 1
+        n = calls[0]
+    if n == int(nth) and when == "before":
         os.kill(os.getpid(), signal.SIGKILL)
     value = original(*args, **kwargs)
-    if calls[0] == int(nth) and when == "after":
+    if n == int(nth) and when == "after":
         os.kill(os.getpid(), signal.SIGKILL)
     return value
 setattr(owner, name, wrapper)

@@ -356,6 +356,11 @@ _SHORT_SECRET = 6  # shorter secrets (a short password) are scrubbed only where 
 
 def scrub_url(url: str, secrets: list[str]) -> str:
     """`url` with its userinfo and key-like query values replaced, and any secret in it."""
+    return _scrub_url(url, tuple(secrets))
+
+
+@functools.lru_cache(maxsize=256)  # a run sends to a few URLs, thousands of times each
+def _scrub_url(url: str, secrets: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
@@ -439,6 +444,7 @@ def scrub_headers(headers: dict[str, list[str]], secrets: list[str]) -> dict[str
     }
 
 
+@functools.lru_cache(maxsize=1024)
 def _secret_header(name: str) -> bool:
     # x-ratelimit-remaining-tokens counts tokens: it is no credential
     return name in SECRET_HEADERS or (is_secret_name(name) and "ratelimit" not in name
@@ -715,19 +721,22 @@ class Cassette:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self.path):
             if self._recorded:
-                _write(partial, self._on_disk() + self._recorded, self.path.suffix == ".json")
+                as_json = self.path.suffix == ".json"
+                raws = _load_raw(partial, missing_ok=True, as_json=as_json)
+                if raws is None and finished:  # no unfinished recording: straight to the cassette
+                    _write(self.path, self._on_disk() + self._recorded, as_json)
+                    self._recorded = []
+                    return
+                _write(partial, (self._on_disk() if raws is None else raws) + self._recorded,
+                       as_json)
                 self._recorded = []
             _temp_path(self.path).unlink(missing_ok=True)  # a killed writer's
             if finished and partial.exists():
                 os.replace(partial, self.path)
 
     def _on_disk(self) -> list[dict]:
-        """What the files hold now: an unfinished recording, else the cassette, unless this
-        is mode `all` and the cassette was written before the run began."""
-        raws = _load_raw(partial_path(self.path), missing_ok=True,
-                         as_json=self.path.suffix == ".json")
-        if raws is not None:
-            return raws
+        """What the cassette holds now (no unfinished recording is left), unless this is
+        mode `all` and the cassette was written before the run began."""
         if self.mode == "all" and _mtime(self.path) < self.since:
             return []
         return _load_raw(self.path, missing_ok=True) or []
@@ -783,7 +792,39 @@ _ONE_STRING_LIST = re.compile(r'\[\n\s*("(?:[^"\\]|\\.)*")\n\s*\]')
 
 def _json_text(data: dict) -> str:
     """Indented JSON, header values on one line: readable in a diff."""
-    return _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
+    text = _fast_json_text(data)
+    if text is None:
+        text = _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
+    return text
+
+
+class _NotPlain(Exception):
+    """A value orjson would write otherwise than json (a float: 1e-5 for 1e-05)."""
+
+
+def _fast_json_text(data: dict) -> str | None:
+    """What `_json_text` writes, byte for byte, written by orjson (~20x faster: a save per
+    conversation) with each one-string list handed to it already on one line; None for data
+    that is not only dicts, lists, strings, ints and None, or that orjson refuses (a lone
+    surrogate, an int past 64 bits, a key that is not a string)."""
+    try:
+        return orjson.dumps(_one_line_lists(data), option=orjson.OPT_INDENT_2).decode("utf-8")
+    except (_NotPlain, orjson.JSONEncodeError, TypeError):
+        return None
+
+
+def _one_line_lists(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return {k: _one_line_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], str):
+            return orjson.Fragment(orjson.dumps(value))
+        return [_one_line_lists(v) for v in value]
+    if value is None or isinstance(value, int):
+        return value
+    raise _NotPlain
 
 
 def _yaml_text(data: dict) -> str:
@@ -794,10 +835,11 @@ def _yaml_text(data: dict) -> str:
     (a float: `1e-05` is a string to YAML; a binary body) is written in block style, as
     vcrpy does.
     """
-    if _json_is_yaml(data):
+    text = _fast_json_text(data)  # None: not known to be plain yet
+    if text is None and _json_is_yaml(data):
         text = _json_text(data)
-        if not _SURROGATE.search(text):
-            return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if text is not None and not _SURROGATE.search(text):
+        return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
 
 

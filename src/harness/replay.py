@@ -1,6 +1,6 @@
 """The engine: every user turn of every conversation, sent to every provider, as result rows.
 
-Conversations run concurrently (one shared httpx.AsyncClient); the turns of a conversation
+Conversations run concurrently (one shared client: harness.transport); the turns of a conversation
 run in order, because in `self` and `auto` history a turn's prompt holds the provider's own
 earlier replies. Each (provider, conversation) has its own cassette; what a conversation
 records is kept in its partial file (after every turn when journaling, else when it ends or
@@ -54,6 +54,7 @@ from .providers import Provider, ProviderConfigError, check_params, known_secret
 from .results import TurnResult
 from .timings import Timings, columns, send_streamed
 from .tools import calls_json
+from .transport import Client, make_client
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -149,7 +150,7 @@ class Run:
     timing: Counter[str] = field(default_factory=Counter, repr=False)
     started: float = field(default_factory=time.time)  # mode `all` replaces what is older
     _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
-    urls: dict[str, str] = field(init=False, repr=False)
+    urls: dict[str, httpx.URL] = field(init=False, repr=False)
     match_urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
     parsers: dict[str, Callable[..., Reply]] = field(init=False, repr=False)
@@ -157,20 +158,20 @@ class Run:
     def __post_init__(self) -> None:
         # per provider, once rather than per turn: its URL as httpx sends it (so as it was
         # recorded), the keys to scrub from what it records, its adapter's parse_response
-        self.urls = {p.name: str(httpx.URL(p.endpoint(self.stream or bool(p.params.get("stream")))))
-                     for p in self.providers}
+        self.urls = {p.name: httpx.URL(p.endpoint(self.stream or bool(p.params.get("stream"))))
+                     for p in self.providers}  # parsed once: httpx parses a str on every request
         shared = known_secrets(self.providers)  # any key may be echoed by any server
         self.secrets = {p.name: shared for p in self.providers}
         # a request is looked up in its cassette as it was recorded: scrubbed
-        self.match_urls = {p.name: scrub_url(self.urls[p.name], shared) for p in self.providers}
+        self.match_urls = {p.name: scrub_url(str(self.urls[p.name]), shared) for p in self.providers}
         self.parsers = {p.name: p.adapter.parse_response for p in self.providers}
 
     @functools.cached_property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> Client:
         """The HTTP client, made on first need: a replay served from cassettes never needs
         one, and making one (TLS setup) costs more than replaying a thousand turns."""
         limits = httpx.Limits(max_connections=self.concurrency * len(self.providers))
-        return httpx.AsyncClient(timeout=self.timeout, limits=limits)
+        return make_client(self.timeout, limits)
 
     async def aclose(self) -> None:
         if "client" in self.__dict__:
@@ -257,7 +258,7 @@ def _prefix(
 
 async def _call(
     run: Run, provider: Provider, cassette: Cassette,
-    url: str, headers: dict[str, str], content: bytes, turn: Turn, limiter: Gate | None,
+    url: httpx.URL, headers: httpx.Headers, content: bytes, turn: Turn, limiter: Gate | None,
 ) -> _Exchange:
     """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
 
@@ -371,8 +372,7 @@ async def _replay_conversation(
         done = run.done.get((conversation.id, provider.name), {})
         cassette = run.open_cassette(provider, conversation)
         own: dict[int, Reply] = {}
-        completed = False
-        headers = provider.request_headers(provider.api_key())
+        headers = httpx.Headers(provider.request_headers(provider.api_key()))  # copied per request
         url = run.urls[provider.name]
         try:
             for turn in turns:
@@ -408,11 +408,13 @@ async def _replay_conversation(
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
                 if run.journaling:  # a row in the journal implies its recording is on disk
-                    cassette.save(finished=False)
+                    await asyncio.to_thread(cassette.save, finished=False)
                 emit(result)
-            completed = True
-        finally:  # stopped or not, what was recorded is kept; complete, it is the cassette
-            cassette.save(finished=completed)
+        except BaseException:  # stopped: what was recorded is kept, before anything else runs
+            cassette.save(finished=False)
+            raise
+        # off the event loop: the lock, the write and its fsync would stall every call in flight
+        await asyncio.to_thread(cassette.save, finished=True)
 
     if len(run.providers) == 1:  # the usual case needs no task per conversation
         await one_provider(run.providers[0])

@@ -17,6 +17,7 @@ from types import ModuleType
 import httpx
 
 from .providers._common import StreamScanner
+from .transport import Client
 
 HEADER = "x-harness-timings"
 
@@ -52,7 +53,7 @@ class Timings:
         return cls(**stamps)
 
 
-async def send_streamed(client: httpx.AsyncClient, request: httpx.Request, adapter: ModuleType,
+async def send_streamed(client: Client | httpx.AsyncClient, request: httpx.Request, adapter: ModuleType,
                         started: float) -> tuple[httpx.Response, bytes, Timings]:
     """Send `request` and read its streamed body as it arrives, stamping each step.
 
