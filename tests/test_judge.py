@@ -4,6 +4,7 @@ server on 127.0.0.1 then replayed with that server stopped."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -125,15 +126,21 @@ def test_local_model_as_judge_records_then_replays(tmp_path):
     assert len(pairs) == 2 and pairs["judgment_first"].str.len().gt(0).all()
 
 
+def judge_providers_file(tmp_path, stub) -> Path:
+    """A providers file naming the stub as the judge `stub-judge`."""
+    toml = tmp_path / "judges.toml"
+    toml.write_text(f'[providers.stub-judge]\nprotocol = "openai"\n'
+                    f'base_url = "{stub.base_url}/v1"\nmodel = "stub-gpt"\n')
+    return toml
+
+
 def test_cli_judge_records_then_replays_offline(tmp_path, capsys):
     from harness.cli import main
 
-    frame = results.to_frame(answered("p", DIALOGUE) + answered("q", DIALOGUE))
-    path = results.save(frame, tmp_path / "run.parquet")
+    path = results.save(results.to_frame(answered("p", DIALOGUE) + answered("q", DIALOGUE)),
+                        tmp_path / "run.parquet")
     with StubServer() as stub:
-        toml = tmp_path / "judges.toml"
-        toml.write_text(f'[providers.stub-judge]\nprotocol = "openai"\n'
-                        f'base_url = "{stub.base_url}/v1"\nmodel = "stub-gpt"\n')
+        toml = judge_providers_file(tmp_path, stub)
         common = ["score", str(path), "-s", "exact", "--providers-file", str(toml),
                   "--cassettes", str(tmp_path / "cassettes"), "--judge", "stub-judge",
                   "--pairwise", "p,q"]

@@ -245,16 +245,14 @@ def test_bad_verdict_input_is_one_line(tmp_path, capsys):
 def test_judge_ratings_and_verdicts_recorded_then_compared(tmp_path, capsys):
     """`harness score --judge --pairwise` against a real server on 127.0.0.1, then `compare`
     on the judge's ratings and on the verdict table it wrote beside the scored results."""
-    from test_judge import DIALOGUE, answered
+    from test_judge import DIALOGUE, answered, judge_providers_file
 
     from harness.stub_server import StubServer
 
-    frame = results.to_frame(answered("p", DIALOGUE) + answered("q", DIALOGUE))
-    path = results.save(frame, tmp_path / "run.parquet")
+    path = results.save(results.to_frame(answered("p", DIALOGUE) + answered("q", DIALOGUE)),
+                        tmp_path / "run.parquet")
     with StubServer() as stub:
-        toml = tmp_path / "judges.toml"
-        toml.write_text(f'[providers.stub-judge]\nprotocol = "openai"\n'
-                        f'base_url = "{stub.base_url}/v1"\nmodel = "stub-gpt"\n')
+        toml = judge_providers_file(tmp_path, stub)
         assert main(["score", str(path), "-s", "exact", "--providers-file", str(toml),
                      "--cassettes", str(tmp_path / "cassettes"), "--judge", "stub-judge",
                      "--pairwise", "p,q", "--record-mode", "once",
