@@ -44,6 +44,9 @@ def test_replay_prints_a_summary_that_fits_80_columns(demo):
     rows = {line.split()[0]: line.split() for line in lines if line.split()
             and line.split()[0] in DEMO_PROVIDERS}
     assert set(rows) <= DEMO_PROVIDERS and "local-gemma3" in rows  # long names cut with …
+    names = [line.split()[0] for line in lines[lines.index(header) + 1:][:len(DEMO_PROVIDERS)]]
+    assert len(set(names)) == len(DEMO_PROVIDERS)  # cut in the middle: -cohere-v1 / -v2 differ
+    assert any("…" in name and name.endswith("ohere-v2") for name in names)
     assert rows["local-gemma3"][1:6] == ["26", "26", "0", "0", "26"]  # every turn ran to length
     assert any(str(out) in line for line in lines)
 

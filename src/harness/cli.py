@@ -100,6 +100,9 @@ def print_frame(frame: pd.DataFrame, title: str, console: Console, max_chars: in
         _NUMBER.match(r[k]) for r in cells) for k, c in enumerate(frame.columns)]
     widths = _widths(frame.columns, cells, numeric, console.width)
     for k, column in enumerate(frame.columns):
+        if str(column) in NAME_COLUMNS:  # names differ at their ends: cut them in the middle
+            for row in cells:
+                row[k] = _middle(row[k], widths[k])
         table.add_column(str(column), justify="right" if numeric[k] else "left", no_wrap=True,
                          overflow="ellipsis", width=widths[k])
     for row in cells:
@@ -122,6 +125,18 @@ def _widths(columns, cells: list[list[str]], numeric: list[bool], total: int) ->
         left -= widths[k]
         texts.remove(k)
     return widths
+
+
+# provider names such as local-smollm2-cohere-v1 / -v2 share their start
+NAME_COLUMNS = frozenset({"provider", "a", "b", "provider_a", "provider_b"})
+
+
+def _middle(text: str, width: int) -> str:
+    """`text` cut to `width` with "…" in the middle, so both its ends stay readable."""
+    if len(text) <= width or width < 5:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 _NUMBER = re.compile(r"^(—|-?[\d.,]+[kMG]?)$")
