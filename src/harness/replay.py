@@ -476,17 +476,28 @@ def begin_run(run: Run, journal: str | Path | None) -> tuple[results_mod.Journal
     return log, folders
 
 
+def _priced_frame(run: Run, rows: list[TurnResult], order: list[str]) -> pd.DataFrame:
+    """`rows` as the results frame, conversations in `order`, providers in the run's, priced."""
+    frame = results_mod.to_frame(rows, order=order, providers=[p.name for p in run.providers])
+    return add_costs(frame, {p.name: p for p in run.providers})
+
+
+def _run_attrs(run: Run) -> dict[str, Any]:
+    """The run's settings as its results carry them in `attrs["run"]`."""
+    info = results_mod.run_info(run.dataset, run.providers, run.history, run.record_mode,
+                                run.params)
+    if run.stream:  # which stream timings this run measured, which it read back from cassettes
+        info.update(stream=True, timing=dict(run.timing))
+    return info
+
+
 def result_sink(run: Run, out: str | Path | None) -> results_mod.ParquetSink | None:
     """Where a run with a `.parquet` `out` streams its rows (see `results.ParquetSink`)."""
     if out is None or results_mod.check_format(out) != ".parquet":
         return None
-    providers = {p.name: p for p in run.providers}
     n = len(run.providers)
     expected = {c.id: len(c.user_turns()) * n for c in run.dataset.conversations}
-    return results_mod.ParquetSink(
-        out, expected,
-        lambda rows, ids: add_costs(results_mod.to_frame(rows, order=ids, providers=list(providers)),
-                                    providers))
+    return results_mod.ParquetSink(out, expected, functools.partial(_priced_frame, run))
 
 
 def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
@@ -498,17 +509,12 @@ def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
     if run.record_mode == "all":
         for folder in folders:
             end_rerecording(folder)
-    dataset = run.dataset
-    info = results_mod.run_info(dataset, run.providers, run.history, run.record_mode, run.params)
-    if run.stream:  # which stream timings this run measured, which it read back from cassettes
-        info.update(stream=True, timing=dict(run.timing))
+    info = _run_attrs(run)
     if sink is not None:
         sink.close({"run": info})
         frame = results_mod.load(sink.path, columns=results_mod.SUMMARY_COLUMNS)
     else:
-        frame = add_costs(results_mod.to_frame(rows, order=[c.id for c in dataset.conversations],
-                                               providers=[p.name for p in run.providers]),
-                          {p.name: p for p in run.providers})
+        frame = _priced_frame(run, rows, [c.id for c in run.dataset.conversations])
         frame.attrs["run"] = info
         if out is not None:
             results_mod.save(frame, out)
@@ -523,10 +529,8 @@ def stop_sink(sink: results_mod.ParquetSink | None, run: Run, exc: BaseException
     if sink is None:
         return
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) and not sink.empty:
-        info = results_mod.run_info(run.dataset, run.providers, run.history, run.record_mode,
-                                    run.params)
         with contextlib.suppress(ValueError):
-            sink.close({"run": info}, unfinished=True)
+            sink.close({"run": _run_attrs(run)}, unfinished=True)
             return
     sink.abort()
 
