@@ -323,7 +323,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
     finished: list[results.TurnResult] = []
-    streamed = bool(args.out) and Path(args.out).suffix.lower() == ".parquet"
+    streamed = bool(args.out) and results.check_format(args.out) == ".parquet"  # as replay does
     count = [0]  # a .parquet --out streams its rows: they are counted here, not held
 
     def counted(_: results.TurnResult) -> None:
@@ -405,8 +405,9 @@ def _interrupted(args: argparse.Namespace, finished: pd.DataFrame | None, total:
                  journal: Path | None, written: int = 0) -> int:
     """Ctrl-C: keep the rows that finished (with --out) and say, in one line, how to go on.
     `finished` None: the replay wrote them (`written`) to a .parquet --out itself."""
-    done = f"{written if finished is None else len(finished)} of {total} turns"
-    if args.out and (written if finished is None else len(finished)):
+    kept = written if finished is None else len(finished)
+    done = f"{kept} of {total} turns"
+    if args.out and kept:
         if finished is not None:
             results.save(finished, args.out)
         where = f"wrote the {done} that finished to {args.out}, the journal {journal} keeps them"
@@ -482,14 +483,15 @@ def _print_win_rates(args: argparse.Namespace, files: list[str] | None) -> int:
                              "one: harness score RESULTS --judge J --pairwise A,B --out "
                              f"{path})")
     loaded = {f: verdicts.load(f) for f in files}
-    tables = {f: win_rates(v).assign(judge=verdicts.judges(v)) for f, v in loaded.items()}
+    judges = {f: verdicts.judges(v) for f, v in loaded.items()}
+    tables = {f: win_rates(v).assign(judge=judges[f]) for f, v in loaded.items()}
     if args.format != "table":
         write_tables({"win_rates": pd.concat([t.assign(file=f) for f, t in tables.items()],
                                              ignore_index=True)}, args.format)
         return 0
     console = _console()
     for f, table in tables.items():
-        judge = verdicts.judges(loaded[f])
+        judge = judges[f]
         shown = pd.DataFrame({
             "a": table["a"], "b": table["b"], "judged": table["judged"],
             "a wins": table["a_wins"], "b wins": table["b_wins"], "ties": table["ties"],

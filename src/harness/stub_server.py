@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -234,6 +235,27 @@ def _tool_call(protocol: str, body: dict, users: list[str]) -> ToolCall | None:
     return tool_call_for(tools, users[-1] if users else "", len(users))
 
 
+def _respond(path: str, route: Callable[..., dict], body: dict, echoed: str = ""
+             ) -> tuple[str | None, dict, str, bool]:
+    """The stub's answer to `body` POSTed to `path` (served by `route`), as (the 400 error's
+    message or None, payload, protocol, whether to stream it); `echoed` ends the reply."""
+    gemini = _GEMINI.match(path.split("?")[0])
+    model = gemini.group(1) if gemini else str(body.get("model") or "stub")
+    users, everything = _user_texts(path, body)
+    protocol = PROTOCOLS[route]
+    call = _tool_call(protocol, body, users)
+    if call is None and (not users or not users[-1]):
+        return "the last message must be a non-empty user message", {}, protocol, False
+    max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens") \
+        if gemini else body.get("max_tokens")
+    text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
+    if echoed:
+        text += f" (you sent {echoed})"
+    streamed = body.get("stream") is True or bool(
+        gemini and gemini.group(2) == "streamGenerateContent")
+    return None, route(body, model, text, cut, n_in, n_out, call), protocol, streamed
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -392,23 +414,13 @@ class StubServer:
                     return None
                 if fault == "bad_json":
                     return self._send(200, b'{"choices": [{"message": ')
-                gemini = _GEMINI.match(self.path.split("?")[0])
-                model = gemini.group(1) if gemini else str(body.get("model") or "stub")
-                users, everything = _user_texts(self.path, body)
-                call = _tool_call(PROTOCOLS[route], body, users)
-                if call is None and (not users or not users[-1]):
-                    return self._error(400, "the last message must be a non-empty user message")
-                max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens") \
-                    if gemini else body.get("max_tokens")
-                text, cut, n_in, n_out = compose_reply(model, users, everything, max_tokens)
-                if echoed:
-                    text += f" (you sent {echoed})"
-                payload = route(body, model, text, cut, n_in, n_out, call)
+                error, payload, protocol, streamed = _respond(self.path, route, body, echoed)
+                if error is not None:
+                    return self._error(400, error)
                 # some APIs echo credentials back; the stub does too, to test the scrubber
                 if server.api_key:
                     echo["x-echo-key"] = server.api_key
-                protocol = PROTOCOLS[route]
-                if body.get("stream") is True or (gemini and gemini.group(2) == "streamGenerateContent"):
+                if streamed:
                     return self._send_stream(stream_chunks(protocol, payload, body),
                                              STREAM_TYPES.get(protocol, "text/event-stream"), echo)
                 return self._send(200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), echo)
@@ -442,18 +454,10 @@ def answer(path: str, raw: bytes) -> tuple[int, bytes, str]:
         body = json.loads(raw)
     except ValueError:
         return 400, b'{"error": {"message": "request body is not JSON"}}', "application/json"
-    gemini = _GEMINI.match(path.split("?")[0])
-    model = gemini.group(1) if gemini else str(body.get("model") or "stub")
-    users, everything = _user_texts(path, body)
-    call = _tool_call(PROTOCOLS[route], body, users)
-    if call is None and (not users or not users[-1]):
-        return 400, b'{"error": {"message": "the last message must be a non-empty user ' \
-            b'message"}}', "application/json"
-    max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens") \
-        if gemini else body.get("max_tokens")
-    payload = route(body, model, *compose_reply(model, users, everything, max_tokens), call)
-    protocol = PROTOCOLS[route]
-    if body.get("stream") is True or (gemini and gemini.group(2) == "streamGenerateContent"):
+    error, payload, protocol, streamed = _respond(path, route, body)
+    if error is not None:
+        return 400, json.dumps({"error": {"message": error}}).encode(), "application/json"
+    if streamed:
         return 200, b"".join(stream_chunks(protocol, payload, body)), \
             STREAM_TYPES.get(protocol, "text/event-stream")
     return 200, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json"
