@@ -33,6 +33,7 @@ from . import results as results_mod
 from .cassettes import (
     Cassette,
     CassetteError,
+    CassetteSaver,
     MissingRecording,
     RecordedHeaders,
     RecordMode,
@@ -54,7 +55,7 @@ from .providers import Provider, ProviderConfigError, check_params, known_secret
 from .results import TurnResult
 from .timings import Timings, columns, send_streamed
 from .tools import calls_json
-from .transport import Client, make_client
+from .transport import Answer, Client, LazyHeaders, Prepared, answer_of, make_client
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -71,14 +72,14 @@ class RetryPolicy:
     base: float = 0.5
     max_wait: float = 30.0
 
-    def wait(self, attempt: int, response: httpx.Response | None) -> float:
+    def wait(self, attempt: int, response: httpx.Response | Answer | None) -> float:
         hinted = _retry_after(response) if response is not None else None
         if hinted is not None:
             return min(hinted, self.max_wait)
         return random.uniform(0, min(self.max_wait, self.base * 2 ** (attempt - 1)))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response | Answer) -> float | None:
     if ms := response.headers.get("retry-after-ms"):
         try:
             return max(0.0, float(ms) / 1000)
@@ -173,9 +174,24 @@ class Run:
         limits = httpx.Limits(max_connections=self.concurrency * len(self.providers))
         return make_client(self.timeout, limits)
 
+    @functools.cached_property
+    def saver(self) -> CassetteSaver:
+        return CassetteSaver()
+
+    async def save(self, cassette: Cassette, finished: bool) -> None:
+        """`cassette.save(finished=...)`, off the event loop, batched with the other saves."""
+        await self.saver.save(cassette, finished)
+
+    def save_soon(self, cassette: Cassette) -> None:
+        """Queue the save of an unfinished conversation that was stopped; `aclose` writes it."""
+        done = self.saver.save(cassette, finished=False)
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # the stop is the error
+
     async def aclose(self) -> None:
         if "client" in self.__dict__:
             await self.client.aclose()
+        if "saver" in self.__dict__:  # blocking, at the end: what is queued reaches the disk
+            self.saver.close()
 
     def open_cassette(self, provider: Provider, conversation: Conversation) -> Cassette:
         """The cassette of (provider, conversation), opened for this run's record mode."""
@@ -258,21 +274,21 @@ def _prefix(
 
 async def _call(
     run: Run, provider: Provider, cassette: Cassette,
-    url: httpx.URL, headers: httpx.Headers, content: bytes, turn: Turn, limiter: Gate | None,
+    prepared: Prepared, content: bytes, turn: Turn, limiter: Gate | None,
 ) -> _Exchange:
-    """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
+    """POST `content` as `prepared`: from the cassette when it holds the exchange, else over HTTP.
 
     Every attempt is recorded, those that got no HTTP answer too, and a replayed attempt goes
     through the same steps as a live one, so an offline replay gives the live run's row.
-    A replayed exchange never becomes an httpx Request or Response: at scale, building
-    them cost more than the rest of the turn.
+    Neither a replayed nor (but for a stream) a live exchange becomes an httpx Request or
+    Response: at scale, building them cost more than the rest of the turn.
     """
     exchange = _Exchange()
     parse = run.parsers[provider.name]
     match_url, match_body = run.match_urls[provider.name], scrub_bytes(content, cassette.secrets)
     for attempt in range(1, run.retry.attempts + 1):
         exchange.attempts = attempt
-        response: httpx.Response | None = None
+        response: httpx.Response | Answer | None = None
         answer: tuple[int, Mapping[str, str], bytes] | None = None
         failure: str | None = None  # the attempt got no HTTP answer
         hit = cassette.take("POST", match_url, match_body)
@@ -286,16 +302,17 @@ async def _call(
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends
             ticket = await limiter.enter(content) if limiter is not None else None
-            request = httpx.Request("POST", url, headers=headers, content=content)
+            request = cassette.request_entry(prepared, content)
             started = time.perf_counter()
             timings = body = None
             try:
                 if run.stream:
-                    response, body, timings = await send_streamed(client, request,
-                                                                  provider.adapter, started)
-                else:
-                    response = await client.send(request)
-                    await response.aread()
+                    response, body, timings = await send_streamed(
+                        client, prepared.request(content), provider.adapter, started)
+                elif isinstance(client, Client):
+                    response = await client.post(prepared, content)
+                else:  # another client (bench/live_engine.py measures httpx's own)
+                    response = await answer_of(client, prepared.request(content))
             except httpx.TransportError as exc:
                 failure = scrub_text(f"{type(exc).__name__}: {exc}" if str(exc)
                                      else type(exc).__name__, run.secrets[provider.name])
@@ -307,7 +324,8 @@ async def _call(
                     exchange.latency_ms = timings.end
                 exchange.timings, exchange.timing = timings, "live"
                 cassette.record(request, response, exchange.latency_ms, body=body, timings=timings)
-                answer = (response.status_code, response.headers,
+                answer = (response.status_code,
+                          LazyHeaders(response) if body is None else response.headers,
                           response.content if body is None else body)
         elif attempt > 1:  # the recording gave up after fewer attempts than this run allows
             exchange.attempts = attempt - 1
@@ -340,7 +358,7 @@ async def _call(
 
 
 async def _leave(gate: Gate, ticket: tuple[float, float], exchange: _Exchange,
-                 response: httpx.Response | None) -> None:
+                 response: httpx.Response | Answer | None) -> None:
     usage = exchange.reply.usage if exchange.reply is not None else None
     used = None
     if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
@@ -372,8 +390,8 @@ async def _replay_conversation(
         done = run.done.get((conversation.id, provider.name), {})
         cassette = run.open_cassette(provider, conversation)
         own: dict[int, Reply] = {}
-        headers = httpx.Headers(provider.request_headers(provider.api_key()))  # copied per request
-        url = run.urls[provider.name]
+        prepared = Prepared(run.urls[provider.name],
+                            httpx.Headers(provider.request_headers(provider.api_key())))
         try:
             for turn in turns:
                 if turn.turn in done:  # resumed: finished before, not sent again
@@ -400,7 +418,7 @@ async def _replay_conversation(
                                     finish_reason="error", error=f"cannot build request: {exc}"))
                     continue
                 content = _BODY_ENCODER.encode(body).encode("utf-8")
-                exchange = await _call(run, provider, cassette, url, headers, content,
+                exchange = await _call(run, provider, cassette, prepared, content,
                                        turn, limiters.get(provider.name))
                 result = _row(exchange, row, provider)
                 if exchange.timing is not None:
@@ -408,13 +426,12 @@ async def _replay_conversation(
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
                 if run.journaling:  # a row in the journal implies its recording is on disk
-                    await asyncio.to_thread(cassette.save, finished=False)
+                    await run.save(cassette, finished=False)
                 emit(result)
-        except BaseException:  # stopped: what was recorded is kept, before anything else runs
-            cassette.save(finished=False)
+        except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
+            run.save_soon(cassette)
             raise
-        # off the event loop: the lock, the write and its fsync would stall every call in flight
-        await asyncio.to_thread(cassette.save, finished=True)
+        await run.save(cassette, finished=True)
 
     if len(run.providers) == 1:  # the usual case needs no task per conversation
         await one_provider(run.providers[0])
