@@ -180,10 +180,13 @@ class Run:
 
     async def save(self, cassette: Cassette, finished: bool) -> None:
         """`cassette.save(finished=...)`, off the event loop, batched with the other saves."""
-        await self.saver.save(cassette, finished)
+        if cassette.mode != "none":  # a replay from cassettes writes none
+            await self.saver.save(cassette, finished)
 
     def save_soon(self, cassette: Cassette) -> None:
         """Queue the save of an unfinished conversation that was stopped; `aclose` writes it."""
+        if cassette.mode == "none":
+            return
         done = self.saver.save(cassette, finished=False)
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # the stop is the error
 
