@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import gzip
@@ -85,6 +86,7 @@ TRANSPORT_ERROR_HEADER = "x-harness-transport-error"
 TRANSPORT_ERROR_STATUS = 599
 PARTIAL_SUFFIX = ".partial"
 LOCK_TIMEOUT = 120.0
+SAVE_THREADS = 8  # cassettes of one batch written at once (each write ends in an fsync)
 _BODY_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
 
 
@@ -764,9 +766,10 @@ class Cassette:
                     _write(self.path, self._on_disk() + recorded, as_json)
                     return
                 _write(partial, (self._on_disk() if raws is None else raws) + recorded, as_json)
-            _temp_path(self.path).unlink(missing_ok=True)  # a killed writer's
-            if finished and partial.exists():
-                os.replace(partial, self.path)
+            if finished:  # a killed writer's temp file of the cassette: no one else replaces it
+                _temp_path(self.path).unlink(missing_ok=True)
+                if partial.exists():
+                    os.replace(partial, self.path)
 
     def _on_disk(self) -> list[dict]:
         """What the cassette holds now (no unfinished recording is left), unless this is
@@ -832,6 +835,8 @@ class CassetteSaver:
             self._ready.notify()
         if self._thread is not None:
             self._thread.join()
+        if "_writers" in self.__dict__:
+            self._writers.shutdown()
 
     def _drain(self) -> None:
         while True:
@@ -860,16 +865,24 @@ class CassetteSaver:
                     for entry in entries:
                         _settle(*entry, exc)
                     continue
-                try:
-                    for entry in entries:
-                        try:
-                            entry[0].write(entry[1], entry[2], locked=True)
-                        except BaseException as exc:
-                            _settle(*entry, exc)
-                        else:
-                            _settle(*entry, None)
+                try:  # the writes of a batch at once: their fsyncs overlap, not queue
+                    list(self._writers.map(_write_entry, entries))
                 finally:
                     lock.__exit__(None, None, None)
+
+    @functools.cached_property
+    def _writers(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, "harness-save")
+
+
+def _write_entry(entry: list) -> None:
+    cassette, recorded, finished, waiting = entry
+    try:
+        cassette.write(recorded, finished, locked=True)
+    except BaseException as exc:
+        _settle(cassette, recorded, finished, waiting, exc)
+    else:
+        _settle(cassette, recorded, finished, waiting, None)
 
 
 def _settle(cassette: Cassette, recorded: list[dict], finished: bool,

@@ -12,6 +12,7 @@ replays what was recorded and sends only the rest.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import functools
@@ -383,6 +384,53 @@ def gates(providers: Sequence[Provider], adaptive_ceiling: int | None) -> dict[s
     return out
 
 
+class _JournaledRows:
+    """A journaled conversation's rows, emitted in turn order, each once the save of its
+    recording is done: the conversation goes on meanwhile, so that its saves share batches
+    (`CassetteSaver`) rather than each waiting for the disk. A failed save is raised by
+    `check`; rows still waiting when the conversation stops are not emitted (their turns
+    replay from the partial cassette on resume)."""
+
+    def __init__(self, emit: Callable[..., None]):
+        self.emit, self.closed = emit, False
+        self.waiting: collections.deque[tuple[TurnResult, bool, asyncio.Future | None]] = (
+            collections.deque())
+        self.error: BaseException | None = None
+
+    def add(self, result: TurnResult, fresh: bool = True,
+            saved: asyncio.Future | None = None) -> None:
+        self.waiting.append((result, fresh, saved))
+        if saved is not None:
+            saved.add_done_callback(self.flush)
+        self.flush()
+
+    def flush(self, *_: object) -> None:
+        while self.waiting and not self.closed:
+            result, fresh, saved = self.waiting[0]
+            if saved is not None:
+                if not saved.done():
+                    return
+                if saved.cancelled() or saved.exception() is not None:
+                    self.error = self.error or (asyncio.CancelledError() if saved.cancelled()
+                                                else saved.exception())
+                    self.closed = True
+                    return
+            self.waiting.popleft()
+            self.emit(result, fresh=fresh)
+
+    def check(self) -> None:
+        """Raise the error of a save that failed."""
+        if self.error is not None:
+            raise self.error
+
+    async def finish(self) -> None:
+        """Emit every row once its save is done; raise the error of one that failed."""
+        pending = [saved for _, _, saved in self.waiting if saved is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+        self.flush()
+        self.check()
+
+
 async def _replay_conversation(
     run: Run, conversation: Conversation,
     limiters: dict[str, Gate], emit: Callable[..., None],
@@ -395,6 +443,8 @@ async def _replay_conversation(
         own: dict[int, Reply] = {}
         prepared = Prepared(run.urls[provider.name],
                             httpx.Headers(provider.request_headers(provider.api_key())))
+        rows = _JournaledRows(emit) if run.journaling else None
+        out = emit if rows is None else rows.add
         try:
             for turn in turns:
                 if turn.turn in done:  # resumed: finished before, not sent again
@@ -402,7 +452,7 @@ async def _replay_conversation(
                     if result.status == "ok":
                         own[turn.turn] = Reply(text=result.response or "",
                                                finish_reason=result.finish_reason or "other")
-                    emit(result, fresh=False)
+                    out(result, fresh=False)
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
                        "provider": provider.name, "prompt": turn.prompt,
@@ -410,14 +460,14 @@ async def _replay_conversation(
                        "reference_tool_calls": calls_json(turn.reference_tool_calls)}
                 prefix = _prefix(conversation, turns, turn.turn, own, run.history)
                 if isinstance(prefix, int):
-                    emit(TurnResult(**row, status="skipped",
+                    out(TurnResult(**row, status="skipped",
                                     error=f"turn {prefix} failed, so its reply is missing "
                                           f"from the {run.history} history"))
                     continue
                 try:
                     body = provider.build_body(prefix, run.params, turn.tools, run.stream)
                 except ValueError as exc:  # a prompt this protocol cannot express
-                    emit(TurnResult(**row, model=provider.model, status="error",
+                    out(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
                     continue
                 content = _BODY_ENCODER.encode(body).encode("utf-8")
@@ -428,13 +478,20 @@ async def _replay_conversation(
                     run.timing[exchange.timing] += 1
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
-                if run.journaling:  # a row in the journal implies its recording is on disk
-                    await run.save(cassette, finished=False)
-                emit(result)
+                if rows is None:
+                    emit(result)
+                else:  # a row in the journal implies its recording is on disk
+                    rows.add(result, saved=run.saver.save(cassette, finished=False)
+                             if cassette.mode != "none" else None)  # mode none writes none
+                    rows.check()
+            await run.save(cassette, finished=True)
+            if rows is not None:
+                await rows.finish()
         except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
+            if rows is not None:
+                rows.closed = True
             run.save_soon(cassette)
             raise
-        await run.save(cassette, finished=True)
 
     if len(run.providers) == 1:  # the usual case needs no task per conversation
         await one_provider(run.providers[0])
