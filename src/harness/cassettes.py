@@ -856,48 +856,51 @@ class CassetteSaver:
             folders: dict[Path, list[list]] = {}
             for entry in merged.values():
                 folders.setdefault(entry[0].path.parent, []).append(entry)
+            outcomes: list[tuple[list, BaseException | None]] = []
             for folder, entries in folders.items():
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                     lock = _locked(folder / "-")
                     lock.__enter__()
                 except BaseException as exc:
-                    for entry in entries:
-                        _settle(*entry, exc)
+                    outcomes += [(entry, exc) for entry in entries]
                     continue
                 try:  # the writes of a batch at once: their fsyncs overlap, not queue
-                    list(self._writers.map(_write_entry, entries))
+                    write = self._writers.map if len(entries) > 1 else map
+                    outcomes += zip(entries, write(_write_entry, entries), strict=True)
                 finally:
                     lock.__exit__(None, None, None)
+            _settle(outcomes)
 
     @functools.cached_property
     def _writers(self) -> concurrent.futures.ThreadPoolExecutor:
         return concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, "harness-save")
 
 
-def _write_entry(entry: list) -> None:
-    cassette, recorded, finished, waiting = entry
+def _write_entry(entry: list) -> BaseException | None:
+    """Write one cassette of a batch; the error, if it failed."""
+    cassette, recorded, finished, _ = entry
     try:
         cassette.write(recorded, finished, locked=True)
     except BaseException as exc:
-        _settle(cassette, recorded, finished, waiting, exc)
-    else:
-        _settle(cassette, recorded, finished, waiting, None)
+        return exc
+    return None
 
 
-def _settle(cassette: Cassette, recorded: list[dict], finished: bool,
-            waiting: list[asyncio.Future], error: BaseException | None) -> None:
-    """On the futures' loop: wake who waits for a save; a failed one's recordings go back to
-    the cassette, for its next save (as `Cassette.save` keeps them)."""
+def _settle(outcomes: list[tuple[list, BaseException | None]]) -> None:
+    """On the futures' loop, once per batch: wake who waits for a save; a failed one's
+    recordings go back to the cassette, for its next save (as `Cassette.save` keeps them)."""
     def settle() -> None:
-        if error is not None:
-            cassette._recorded = recorded + cassette._recorded
-        for done in waiting:
-            if not done.done():
-                done.set_result(None) if error is None else done.set_exception(error)
+        for (cassette, recorded, _, waiting), error in outcomes:
+            if error is not None:
+                cassette._recorded = recorded + cassette._recorded
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None) if error is None else done.set_exception(error)
 
-    with contextlib.suppress(RuntimeError):  # the loop has closed: no one waits
-        waiting[0].get_loop().call_soon_threadsafe(settle)
+    if outcomes:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: no one waits
+            outcomes[0][0][3][0].get_loop().call_soon_threadsafe(settle)
 
 
 def _write(path: Path, interactions: list[dict], as_json: bool) -> None:
