@@ -10,8 +10,9 @@ concurrent conversations record without sharing a file. While a conversation is 
 recorded its exchanges go to `<conversation-id>.yaml.partial` (same format), renamed to the
 cassette when the conversation completes: a run that was stopped leaves a partial file that
 the next run replays and continues, and record mode `once` can tell it from a finished
-cassette. Every write is temp file + rename under a per-cassette lock (`filelock`), merged
-with what is on disk, so two processes recording into one folder lose nothing. The YAML is
+cassette. Every write is temp file + rename under the folder's lock (`filelock`), merged
+with what is on disk, so two processes recording into one folder lose nothing; a run's saves
+go in batches, off the event loop (`CassetteSaver`). The YAML is
 written in flow style that is also JSON (see `_yaml_text`), so it is parsed as JSON;
 block-style YAML, as vcrpy writes it, goes through libyaml.
 

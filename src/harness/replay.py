@@ -403,6 +403,7 @@ class _JournaledRows:
         if saved is not None:
             saved.add_done_callback(self.flush)
         self.flush()
+        self.check()
 
     def flush(self, *_: object) -> None:
         while self.waiting and not self.closed:
@@ -416,10 +417,14 @@ class _JournaledRows:
                     self.closed = True
                     return
             self.waiting.popleft()
-            self.emit(result, fresh=fresh)
+            try:  # run from a save's callback too: what emit raises (on_row's) stops the task
+                self.emit(result, fresh=fresh)
+            except BaseException as exc:
+                self.error, self.closed = exc, True
+                return
 
     def check(self) -> None:
-        """Raise the error of a save that failed."""
+        """Raise the error of a save that failed, or of an emit."""
         if self.error is not None:
             raise self.error
 
@@ -483,7 +488,6 @@ async def _replay_conversation(
                 else:  # a row in the journal implies its recording is on disk
                     rows.add(result, saved=run.saver.save(cassette, finished=False)
                              if cassette.mode != "none" else None)  # mode none writes none
-                    rows.check()
             await run.save(cassette, finished=True)
             if rows is not None:
                 await rows.finish()

@@ -3,10 +3,11 @@
 Why it exists: httpcore's connection pool scans every connection on every request and every
 response close (`_assign_requests_to_connections`), so at a few hundred calls in flight the
 pool, not the network, bounds a live run. Here each origin keeps a stack of idle connections:
-taking one and giving it back are O(1). httpx still builds every request and response (and
-so every recorded byte), this only moves the bytes; what it does not serve (other schemes,
-a streamed request body, proxies from the environment: see `make_client`) goes to httpx's
-own transport.
+taking one and giving it back are O(1). The engine's plain calls go through `Client.post` as
+bytes framed once per conversation (`Prepared`: the very bytes httpx would send) and come
+back as an `Answer`, with no httpx Request or Response; a stream goes through httpx's models
+on this pool; what it does not serve (other schemes, a streamed request body, proxies from
+the environment: see `make_client`) goes to httpx's own transport.
 """
 
 from __future__ import annotations
