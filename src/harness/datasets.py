@@ -389,8 +389,8 @@ def _messages(items: list[Any]) -> list[Message]:
         role = ROLES.get(raw.lower())
         if role is None:
             raise _Bad(f"{at}: unknown role {raw!r} (expected one of: {', '.join(ROLES)})")
-        content = next((item[k] for k in ("content", "value", "message", "tool_results")
-                        if k in item), None)
+        content = item["content"] if "content" in item else next(  # the usual key first
+            (item[k] for k in ("value", "message", "tool_results") if k in item), None)
         if role == "system":
             out.append(SystemMessage(content=_text(content, at, role)))
         elif role == "user":
