@@ -2,7 +2,7 @@
 
     python bench/live_engine.py [--conversations 2000] [--turns 4] [--latency-ms 100]
         [--jitter-ms 0] [--concurrency 16,64,256,1024] [--client httpx|httpx2]
-    python bench/live_engine.py --rate 200 [--conversations 300 --turns 4]   # rate limit
+    python bench/live_engine.py --rate 200 --conversations 750 --turns 8 --latency-ms 20
 
 The asyncio stub (`harness serve-stub --asyncio`) runs in its own process on 127.0.0.1 and
 answers each call after `--latency-ms` (+/- `--jitter-ms`). Each concurrency C runs in a fresh

@@ -55,21 +55,46 @@ def test_token_limit_run_completes_every_turn(tmp_path):
     assert (frame["status"] == "ok").all() and len(frame) == 12
 
 
-def test_aimd_window_grows_on_success_and_halves_once_per_refused_burst():
+def test_aimd_window_grows_on_success_and_halves_once_per_overloaded_burst():
     async def scenario() -> AdaptiveConcurrency:
         aimd = AdaptiveConcurrency(start=4, ceiling=64)
         for _ in range(8):  # slow start: one more per success
             await aimd.release(await aimd.acquire(), 200)
         assert aimd.window == 12 and aimd.pace is None
         sent = [await aimd.acquire() for _ in range(3)]
-        for at in sent:  # three refusals of the same burst: one cut
-            await aimd.release(at, 429, retry_after=0.001)
+        for at in sent:  # three 529s of the same burst: one cut
+            await aimd.release(at, 529, retry_after=0.001)
         assert aimd.window == 6 and aimd.cuts == 1 and aimd.in_flight == 0
-        assert aimd.pace == pytest.approx(0.9 * 8)  # what completed in the last second
+        assert aimd.pace is not None  # a refusal teaches a pace as well
         return aimd
 
     aimd = asyncio.run(scenario())
     assert not aimd.slow_start
+
+
+def test_a_429_teaches_the_pace_the_server_let_through_and_leaves_the_window():
+    async def scenario() -> None:
+        aimd = AdaptiveConcurrency(start=32, ceiling=64)
+        sent = [await aimd.acquire() for _ in range(24)]
+        for at in sent[:20]:  # 20 calls answered
+            await aimd.release(at, 200)
+        window = aimd.window
+        await aimd.release(sent[20], 429, retry_after=0.001)
+        assert aimd.window == window and aimd.cuts == 0 and aimd.slow_start
+        assert aimd.pace == pytest.approx(0.97 * 20)  # what is back so far
+        await aimd.release(sent[21], 200)  # sent with the refused call, answered after it
+        assert aimd.pace == pytest.approx(0.97 * 20)  # two are still out: still measuring
+        await aimd.release(sent[22], 503)  # not let through: not counted
+        await aimd.release(sent[23], 200)  # the last call sent before the refusal is back
+        measured = 0.97 * 22
+        assert aimd.pace == pytest.approx(measured)
+        for _ in range(5):  # then, while no refusal comes, the pace rises slowly
+            await asyncio.sleep(0.01)
+            await aimd.release(await aimd.acquire(), 200)
+        assert measured < aimd.pace < 1.1 * measured
+        assert aimd.in_flight == 0
+
+    asyncio.run(scenario())
 
 
 def test_token_limiter_takes_the_estimate_and_gives_back_the_difference():

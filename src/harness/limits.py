@@ -20,58 +20,98 @@ OVERLOADED = frozenset({429, 503, 529})
 
 
 class AdaptiveConcurrency:
-    """An AIMD window over calls in flight, shared by every conversation of one provider."""
+    """The calls in flight and the sends a second of one provider, shared by its conversations.
+
+    Two controls, for the two ways a server says "too much":
+    - too many at once (503, 529): an AIMD window over the calls in flight, as TCP Reno's. It
+      grows by one per success (slow start) until the first such refusal, is then halved once
+      per refused burst, and grows by one per window of successes.
+    - too many a second (429, and 503/529 too): a pace in sends a second, learnt from what the
+      server let through, i.e. the answered calls sent in the second before a refusal came
+      back, counted once they all are, less 3%. It then rises, slowly
+      at first (2% a second) and faster the longer no refusal comes, so a changed limit is
+      found again, and the next refusal measures it anew.
+    A refusal's Retry-After holds every new send until then, so a refused burst is not re-sent
+    at once.
+    """
+
+    MARGIN = 0.97  # of the measured limit: paced evenly below it, the server need not refuse
+    PROBE = 0.02  # the pace's rise a second, times (1 + seconds since the last refusal)
 
     def __init__(self, start: int = 8, ceiling: int = 1024):
         self.window = float(min(start, ceiling))
         self.ceiling = ceiling
         self.in_flight = 0
         self.slow_start = True
-        self.pace: float | None = None  # requests/s learnt from the first refusal
+        self.pace: float | None = None  # sends a second, once a refusal has taught it
         self.hold_until = 0.0
         self.next_at = 0.0
-        self.last_cut = 0.0
+        self.last_cut = 0.0  # when the window was last halved
+        self.last_refusal = 0.0  # when the pace was last measured
         self.cuts = 0
-        self._done: collections.deque[float] = collections.deque()  # completions, last second
+        self._measuring: float | None = None  # when a refusal being measured came back
+        self._probed_at = 0.0
+        self._answered: collections.deque[float] = collections.deque()  # send times, last 5 s
+        self._flying: collections.Counter[float] = collections.Counter()  # send times, out
         self._free = asyncio.Condition()
+        self._pacer = asyncio.Lock()
 
     async def acquire(self) -> float:
         """Wait for a slot (and the pace and any hold); returns when the call may be sent."""
         async with self._free:
             await self._free.wait_for(lambda: self.in_flight < int(self.window))
             self.in_flight += 1
-        while True:  # each waiter reserves its own paced moment, so none go together
-            now = time.monotonic()
-            at = max(now, self.hold_until, self.next_at if self.pace else 0.0)
-            if self.pace:
-                self.next_at = at + 1.0 / self.pace
-            if at <= now:
-                return now
-            await asyncio.sleep(at - now)
-            if self.hold_until <= time.monotonic():  # no refusal moved the hold meanwhile
-                return time.monotonic()
+        async with self._pacer:  # in turn: only the next send waits for the pace, so a
+            while True:  # changed pace or hold applies at once, not after a queue of sends
+                now = time.monotonic()
+                at = max(now, self.hold_until, self.next_at if self.pace else 0.0)
+                if at <= now:
+                    break
+                await asyncio.sleep(at - now)
+            if self.pace:  # a late wake-up may catch up by at most 50 ms worth of sends
+                self.next_at = max(self.next_at, now - 0.05) + 1.0 / self.pace
+        self._flying[now] += 1
+        return now
+
+    def _allowed(self, until: float) -> int:
+        """How many answered calls were sent in the second up to `until`."""
+        return sum(until - 1.0 < t <= until for t in self._answered)
 
     async def release(self, sent_at: float, status: int | None,
                       retry_after: float | None = None) -> None:
         """Free the slot of a call sent at `sent_at`; `status` None: no HTTP answer."""
         now = time.monotonic()
+        if self._flying[sent_at] > 1:
+            self._flying[sent_at] -= 1
+        else:
+            del self._flying[sent_at]
         if status in OVERLOADED:
             if retry_after:
                 self.hold_until = max(self.hold_until, now + retry_after)
-            if sent_at >= self.last_cut:  # one cut per episode: not one per refused call
+            if self._measuring is None and sent_at >= self.last_refusal:
+                # one measure per refused burst; until it is done, what is back already
+                self._measuring = self.last_refusal = now
+                self.pace = max(1.0, self.MARGIN * self._allowed(now))
+            if status != 429 and sent_at >= self.last_cut:  # one cut per refused burst
                 self.last_cut, self.cuts, self.slow_start = now, self.cuts + 1, False
                 self.window = max(1.0, self.window / 2)
-                while self._done and self._done[0] <= now - 1.0:
-                    self._done.popleft()
-                self.pace = max(1.0, 0.9 * len(self._done))
         elif status is not None and status < 400:
-            self._done.append(now)
-            if len(self._done) > 4 * self.ceiling:
-                self._done.popleft()
+            self._answered.append(sent_at)
+            while self._answered[0] < now - 5.0:
+                self._answered.popleft()
             self.window = min(float(self.ceiling),
                               self.window + (1.0 if self.slow_start else 1.0 / self.window))
-            if self.pace:  # probe: +1% a second at any rate, so a cut is ~10 s away
-                self.pace += 0.01
+            if self.pace and self._measuring is None:
+                quiet = now - self.last_refusal
+                self.pace *= 1.0 + self.PROBE * (1.0 + quiet) * (now - self._probed_at)
+                self._probed_at = now
+        if self._measuring is not None and min(self._flying, default=now) > self._measuring:
+            # every call sent before the refusal came back is back. The second before the
+            # refusal's answer, not before its send: a busy client's burst reaches the server
+            # in another order than it was sent, and in a steady flow what the server let in
+            # after the refused call makes up for what left its window
+            self.pace = max(1.0, self.MARGIN * self._allowed(self._measuring))
+            self._measuring, self._probed_at = None, now
         async with self._free:
             self.in_flight -= 1
             self._free.notify_all()
