@@ -479,12 +479,17 @@ def _safe_name(name: str) -> str:
     return safe
 
 
+def cassette_name(conversation: str, serializer: str = "yaml") -> str:
+    """The file name of a conversation's cassette inside its provider's folder."""
+    return f"{_safe_name(conversation)}.{serializer}"
+
+
 def cassette_path(root: str | Path, dataset: str, provider: str, conversation: str,
                   serializer: str = "yaml") -> Path:
     """Where one conversation's recordings for one provider live: always inside
     `root/<dataset>/<provider>/`, whatever the three names hold."""
     folder = _folder(root, dataset, provider)
-    path = folder / f"{_safe_name(conversation)}.{serializer}"
+    path = folder / cassette_name(conversation, serializer)
     if path.parent != folder or path.name in (".", ".."):
         raise CassetteError(f"cassette name {conversation!r} leaves {folder}")
     return path

@@ -302,7 +302,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.concurrency != "auto" and args.concurrency > MAX_CONCURRENCY:
         raise UsageError(f"--concurrency {args.concurrency} is too many "
                          f"(expected at most {MAX_CONCURRENCY} conversations at once)")
-    dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools)
+    streamed = bool(args.out) and results.check_format(args.out) == ".parquet"  # as replay does
+    dataset = load_dataset(args.dataset, answers=args.answers, limit=args.limit, tools=args.tools,
+                           lazy=streamed)  # rows streamed to --out: conversations built as taken
     extra = _user_providers(args.providers_file)
     names = args.provider or recorded_providers(args.cassettes, dataset.name)
     if not names:
@@ -323,7 +325,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if journal is not None and journal.exists():
         console.print(f"resuming the unfinished run recorded in {journal}", style="yellow")
     finished: list[results.TurnResult] = []
-    streamed = bool(args.out) and results.check_format(args.out) == ".parquet"  # as replay does
     count = [0]  # a .parquet --out streams its rows: they are counted here, not held
 
     def counted(_: results.TurnResult) -> None:
@@ -339,11 +340,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out=args.out, **({"client": client} if client is not None else {}),
         )
     except KeyboardInterrupt:
-        total = sum(len(c.user_turns()) for c in dataset.conversations) * len(providers)
+        total = sum(dataset.turn_counts()) * len(providers)
         if streamed:  # the library left the rows that finished in --out
             return _interrupted(args, None, total, journal, count[0])
-        order = [c.id for c in dataset.conversations]
-        frame = results.to_frame(finished, order=order, providers=[p.name for p in providers])
+        frame = results.to_frame(finished, order=dataset.ids(), providers=[p.name for p in providers])
         return _interrupted(args, frame, total, journal)
     finally:
         _close_dask(client)

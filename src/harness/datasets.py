@@ -7,10 +7,12 @@ Formats, detected per record (see `load_dataset`): OpenAI / Cohere v2 `messages`
 
 from __future__ import annotations
 
+import array
 import contextlib
+import functools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,14 +109,22 @@ class Dataset:
         turns = sum(len(c.user_turns()) for c in self.conversations)
         return f"Dataset({self.name!r}, {len(self)} conversations, {turns} user turns)"
 
+    def ids(self) -> list[str]:
+        """The conversation ids, in order."""
+        return [c.id for c in self.conversations]
+
+    def turn_counts(self) -> Sequence[int]:
+        """The number of user turns of each conversation, in order."""
+        return [len(c.user_turns()) for c in self.conversations]
+
     def turns(self) -> list[Turn]:
         """Every user turn of every conversation, in order."""
-        return [t for c in self.conversations for t in conversation_turns(c)]
+        return [t for c in self for t in conversation_turns(c)]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per message (`turn` counts the user messages so far), + scalar metadata."""
         rows = []
-        for conv in self.conversations:
+        for conv in self:
             extra, turn = _scalar_metadata(conv, MESSAGE_COLUMNS), 0
             for position, m in enumerate(conv.messages):
                 turn += m.role == "user"
@@ -133,7 +143,7 @@ class Dataset:
     def turns_frame(self) -> pd.DataFrame:
         """One row per user turn: prompt, reference, prefix length, + scalar metadata."""
         rows = []
-        for conv in self.conversations:
+        for conv in self:
             extra = _scalar_metadata(conv, TURN_COLUMNS)
             rows += [{"conversation_id": t.conversation_id, "turn": t.turn, "prompt": t.prompt,
                       "reference": t.reference, "n_prefix_messages": len(t.prefix), **extra}
@@ -142,9 +152,49 @@ class Dataset:
                                            "n_prefix_messages": "Int64"})
 
 
+class LazyDataset(Dataset):
+    """A Dataset that holds an index of its file (ids and turn counts), not its conversations:
+    iterating it reads the file again and builds each conversation as it is taken, so a replay
+    of millions of turns never holds them all. `conversations` builds (once) the whole list."""
+
+    def __init__(self, name: str, path: Path, ids: list[str], turn_counts: Sequence[int],
+                 build: Callable[[], Iterator[Conversation]]):
+        self.name, self.path = name, path
+        self._ids, self._turn_counts, self._build = ids, turn_counts, build
+
+    @functools.cached_property
+    def conversations(self) -> list[Conversation]:  # type: ignore[override]
+        return list(self)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        if "conversations" in self.__dict__:
+            yield from self.conversations
+            return
+        ids = self._ids
+        for k, conv in enumerate(self._build()):
+            if k >= len(ids) or conv.id != ids[k]:  # the file was changed since it was indexed
+                raise DatasetError(f"{self.path}: changed while being replayed (conversation "
+                                   f"{k + 1} is {conv.id!r}, expected "
+                                   f"{ids[k] if k < len(ids) else 'none'!r})")
+            yield conv
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, {len(self)} conversations, "
+                f"{sum(self._turn_counts)} user turns, lazy)")
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def turn_counts(self) -> Sequence[int]:
+        return self._turn_counts
+
+
 def load_dataset(
     path: str | Path, *, answers: str | Path | None = None, limit: int | None = None,
-    tools: str | Path | None = None,
+    tools: str | Path | None = None, lazy: bool = False,
 ) -> Dataset:
     """Load a JSONL file, JSON array or JSON document of conversations (the first `limit`).
 
@@ -159,11 +209,21 @@ def load_dataset(
         raise DatasetError(f"{path}: limit is {limit} (expected a positive number)")
     joined = _load_answers(Path(answers)) if answers is not None else None
     shared_tools = load_tools(tools) if tools is not None else ()
-    conversations = _conversations(_read_records(path), path.stem, joined, limit)
-    if shared_tools:
-        conversations = [c if c.tools else c.model_copy(update={"tools": shared_tools})
-                         for c in conversations]
-    return Dataset(path.stem, path, conversations)
+
+    def build() -> Iterator[Conversation]:
+        for c in _each_conversation(_read_records(path), path.stem, joined, limit):
+            yield c if c.tools or not shared_tools else c.model_copy(update={"tools": shared_tools})
+
+    if not lazy:
+        return Dataset(path.stem, path, list(build()))
+    # A first pass validates every record (a bad line fails here, before any call) and keeps
+    # only the index; the conversations are built again, one at a time, as a replay takes them.
+    ids: list[str] = []
+    counts = array.array("I")
+    for c in _each_conversation(_read_records(path), path.stem, joined, limit):
+        ids.append(c.id)
+        counts.append(sum(m.role == "user" for m in c.messages))
+    return LazyDataset(path.stem, path, ids, counts, build)
 
 
 def load_tools(path: str | Path) -> tuple[Tool, ...]:
@@ -201,7 +261,13 @@ def _conversations(
     records: Iterable[tuple[str, int, Any]], stem: str,
     answers: dict[str, list[str]] | None, limit: int | None,
 ) -> list[Conversation]:
-    out: list[Conversation] = []
+    return list(_each_conversation(records, stem, answers, limit))
+
+
+def _each_conversation(
+    records: Iterable[tuple[str, int, Any]], stem: str,
+    answers: dict[str, list[str]] | None, limit: int | None,
+) -> Iterator[Conversation]:
     used: set[str] = set()
     for where, number, record in records:
         try:
@@ -230,10 +296,9 @@ def _conversations(
         if isinstance(metadata.get("tools"), list) and (
                 (tools := read_tools(metadata["tools"])) or not metadata["tools"]):
             del metadata["tools"]  # schemas move to Conversation.tools
-        out.append(Conversation(id=conv_id, messages=messages, metadata=metadata, tools=tools))
-        if len(out) == limit:
+        yield Conversation(id=conv_id, messages=messages, metadata=metadata, tools=tools)
+        if len(used) == limit:
             break
-    return out
 
 
 def _items(record: dict, answers: dict[str, list[str]] | None) -> tuple[list[Any], tuple[str, ...]]:
@@ -324,8 +389,8 @@ def _messages(items: list[Any]) -> list[Message]:
         role = ROLES.get(raw.lower())
         if role is None:
             raise _Bad(f"{at}: unknown role {raw!r} (expected one of: {', '.join(ROLES)})")
-        content = next((item[k] for k in ("content", "value", "message", "tool_results")
-                        if k in item), None)
+        content = item["content"] if "content" in item else next(  # the usual key first
+            (item[k] for k in ("value", "message", "tool_results") if k in item), None)
         if role == "system":
             out.append(SystemMessage(content=_text(content, at, role)))
         elif role == "user":

@@ -327,7 +327,7 @@ def replay_on_dask(
     rows: list[TurnResult] = []
     sink = result_sink(run, out)  # a .parquet out: rows streamed there, not held
     keep = sink.add if sink is not None else rows.append
-    total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
+    total = sum(dataset.turn_counts()) * len(run.providers)
     if batch_turns is None:  # a small run still spreads over every worker
         batch_turns = max(1, min(BATCH_TURNS, total // (4 * workers)))
     from tqdm import tqdm
@@ -346,9 +346,8 @@ def replay_on_dask(
     def batches() -> Iterator[list[_Unit]]:
         batch: list[_Unit] = []
         turns = 0
-        for conversation in dataset.conversations:
+        for conversation, n_turns in zip(dataset, dataset.turn_counts(), strict=True):
             done = {p.name: dict(run.done.get((conversation.id, p.name), {})) for p in run.providers}
-            n_turns = len(conversation.user_turns())
             for rows_done in done.values():
                 for result in rows_done.values():
                     emit(result, fresh=False)

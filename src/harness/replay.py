@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ from .cassettes import (
     RecordedHeaders,
     RecordMode,
     begin_rerecording,
+    cassette_name,
     cassette_path,
     dataset_folder,
     end_rerecording,
@@ -151,7 +152,6 @@ class Run:
     # turns whose latency was measured by this run (`live`) or read from a cassette (`recorded`)
     timing: Counter[str] = field(default_factory=Counter, repr=False)
     started: float = field(default_factory=time.time)  # mode `all` replaces what is older
-    _paths: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
     urls: dict[str, httpx.URL] = field(init=False, repr=False)
     match_urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
@@ -202,15 +202,12 @@ class Run:
         return Cassette.open(self.cassette_for(provider, conversation), self.record_mode,
                              self.secrets[provider.name], since=self.started)
 
-    def cassette_for(self, provider: Provider, conversation: Conversation) -> Path:
-        key = (provider.name, conversation.id)
-        path = self._paths.get(key)
-        if path is None:
-            path = self._paths[key] = cassette_path(
-                self.cassette_dir, self.dataset.name, provider.name, conversation.id,
-                self.serializer,
-            )
-        return path
+    def cassette_for(self, provider: Provider, conversation: Conversation | str) -> Path:
+        """The cassette path of (provider, conversation or its id); not cached: a run of
+        millions of conversations would hold a Path for each."""
+        cid = conversation if isinstance(conversation, str) else conversation.id
+        return cassette_path(self.cassette_dir, self.dataset.name, provider.name, cid,
+                             self.serializer)
 
 
 def scrub_row(result: TurnResult, secrets: list[str]) -> TurnResult:
@@ -222,20 +219,19 @@ def scrub_row(result: TurnResult, secrets: list[str]) -> TurnResult:
     return result
 
 
-def check_ready(run: Run, conversations: Iterable[Conversation]) -> None:
+def check_ready(run: Run, ids: Sequence[str]) -> None:
     """Fail before any call when a recording or an API key the run needs is missing."""
-    conversations = list(conversations)
     for provider in run.providers:
-        paths = [(c, run.cassette_for(provider, c)) for c in conversations]
-        folder = paths[0][1].parent if paths else None  # one listing, not a stat per file
-        present = set(os.listdir(folder)) if folder is not None and folder.is_dir() else set()
-        absent = [(c, p) for c, p in paths if p.name not in present]
+        folder = run.cassette_for(provider, "-").parent  # one listing, not a stat per file
+        present = set(os.listdir(folder)) if folder.is_dir() else set()
+        # names only: a Path per conversation costs ten times more than the listing
+        absent = [cid for cid in ids if cassette_name(cid, run.serializer) not in present]
         if run.record_mode == "none" and absent:
-            conv, path = absent[0]
+            path = run.cassette_for(provider, absent[0])
             unfinished = partial_path(path)
             raise MissingRecording(
-                f"no recording for conversation {conv.id!r} turn 1 provider {provider.name!r}: "
-                f"{path} does not exist ({len(absent)} of {len(paths)} missing"
+                f"no recording for conversation {absent[0]!r} turn 1 provider {provider.name!r}: "
+                f"{path} does not exist ({len(absent)} of {len(ids)} missing"
                 + (f"; {unfinished.name} is an unfinished recording"
                    if unfinished.name in present else "")
                 + "); record it with --record-mode once"
@@ -549,7 +545,7 @@ def begin_run(run: Run, journal: str | Path | None) -> tuple[results_mod.Journal
     if journal is not None:
         log = results_mod.Journal(journal, journal_settings(run), known_secrets(run.providers))
         run.done, run.journaling = log.done(), True
-    check_ready(run, run.dataset.conversations)
+    check_ready(run, run.dataset.ids())
     folders = [cassette_path(run.cassette_dir, run.dataset.name, p.name, "-").parent
                for p in run.providers]
     if run.record_mode == "all":  # an interrupted re-recording is continued, not begun again
@@ -577,7 +573,8 @@ def result_sink(run: Run, out: str | Path | None) -> results_mod.ParquetSink | N
     if out is None or results_mod.check_format(out) != ".parquet":
         return None
     n = len(run.providers)
-    expected = {c.id: len(c.user_turns()) * n for c in run.dataset.conversations}
+    expected = {cid: k * n for cid, k in zip(run.dataset.ids(), run.dataset.turn_counts(),
+                                             strict=True)}
     return results_mod.ParquetSink(out, expected, functools.partial(_priced_frame, run))
 
 
@@ -595,7 +592,7 @@ def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
         sink.close({"run": info})
         frame = results_mod.load(sink.path, columns=results_mod.SUMMARY_COLUMNS)
     else:
-        frame = _priced_frame(run, rows, [c.id for c in run.dataset.conversations])
+        frame = _priced_frame(run, rows, run.dataset.ids())
         frame.attrs["run"] = info
         if out is not None:
             results_mod.save(frame, out)
@@ -672,7 +669,7 @@ async def replay_async(
     rows: list[TurnResult] = []
     sink = result_sink(run, out)
     keep = sink.add if sink is not None else rows.append
-    total = sum(len(c.user_turns()) for c in dataset.conversations) * len(run.providers)
+    total = sum(dataset.turn_counts()) * len(run.providers)
     from tqdm import tqdm  # text, not a widget: a saved notebook keeps the final count
 
     bar = tqdm(total=total, desc=f"replay {dataset.name}", unit="turn", disable=not progress)
@@ -687,13 +684,14 @@ async def replay_async(
         if on_row is not None:
             on_row(result)
 
-    queue = iter(dataset.conversations)  # `concurrency` workers, each taking the next one
+    queue = iter(dataset)  # `concurrency` workers, each taking the next one (a lazy dataset
+    # builds it then)
 
     async def worker() -> None:
         for conversation in queue:
             await _replay_conversation(run, conversation, limiters, emit)
 
-    workers = min(run.concurrency, max(1, len(dataset.conversations)))  # no idle worker
+    workers = min(run.concurrency, max(1, len(dataset)))  # no idle worker
     tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
     try:
         await asyncio.gather(*tasks)
@@ -747,10 +745,12 @@ def replay(dataset: Dataset | str | Path,
     With `client` (a dask.distributed Client), the conversations run on its cluster's workers
     and this process writes every file (see `harness.distributed_replay`).
     """
-    if not isinstance(dataset, Dataset):
+    if not isinstance(dataset, Dataset):  # a .parquet `out` holds no row: nor the dataset
         from .datasets import load_dataset
 
-        dataset = load_dataset(dataset)
+        out = kwargs.get("out")
+        dataset = load_dataset(dataset, lazy=out is not None
+                               and results_mod.check_format(out) == ".parquet")
     providers = providers_for(providers, dataset, providers_file,
                               kwargs.get("cassette_dir", "cassettes"))
     client = kwargs.pop("client", None)
