@@ -9,7 +9,8 @@ answers each call after `--latency-ms` (+/- `--jitter-ms`). Each concurrency C r
 child process (so CPU time and peak memory are its own): N conversations x T turns with
 `history="self"` recorded into a temporary folder, then replayed offline from it. Printed per
 C: wall, the ideal wall T x L x ceil(N / C) (a conversation's turns go in order), their ratio,
-harness CPU per live turn (process CPU time), CPU per offline turn, peak RSS.
+harness CPU per live turn (process CPU time), CPU per offline turn, peak RSS; then the stub's
+own CPU per call, which bounds the calls/s it can answer on its core (and so the ratio).
 
 With `--rate R` the server answers at most R requests a second (429 + Retry-After beyond) and
 the run uses `concurrency="auto"`: printed are achieved requests/s against R, the share of
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -105,6 +107,15 @@ def run_one(args: argparse.Namespace, url: str, concurrency: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process so far (Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=2000)
@@ -139,13 +150,19 @@ def main() -> None:
             return
         print(f"{'C':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6} {'CPU/turn ms':>11} "
               f"{'offline/turn ms':>15} {'peak MB':>8} {'ok':>11}")
+        stub_cpu, calls = _cpu_seconds(stub.pid), 0
         for c in args.concurrency.split(","):
             r = run_one(args, url, c)
+            calls += r["turns"] + r["refused"]
             ideal = t * latency * math.ceil(n / int(c))
             ok = f"{r['turns'] - r['errors']}/{r['expected']}"
             print(f"{c:>5} {r['wall']:>8.2f} {ideal:>8.2f} {r['wall'] / ideal:>5.2f}x "
                   f"{r['cpu_turn_ms']:>11.3f} {r['offline_turn_ms']:>15.3f} "
                   f"{r['peak_mb']:>8.0f} {ok:>11}", flush=True)
+        if stub_cpu is not None and calls:
+            per_call = (_cpu_seconds(stub.pid) - stub_cpu) / calls
+            print(f"stub CPU per call {per_call * 1000:.3f} ms: it answers at most "
+                  f"~{1 / per_call:.0f} calls/s on one core")
     finally:
         stub.terminate()
         stub.wait(timeout=10)

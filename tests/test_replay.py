@@ -230,3 +230,35 @@ def test_results_have_the_documented_dtypes_whether_rows_are_typed_or_loose():
     assert list(frame["conversation_id"]) == ["c0", "c1"]
     assert list(frame["input_tokens"]) == [4, 3] and list(frame["latency_ms"]) == [7.0, 12.5]
     assert frame["http_status"].isna().tolist() == [True, False]
+
+
+def test_a_journaled_run_emits_each_conversation_in_turn_order_and_stops_on_an_on_row_error(
+        stub, tmp_path):
+    """With a journal the saves go in batches while conversations go on: still, every row
+    reaches on_row and the journal in turn order within its conversation, each once; an error
+    raised by on_row stops the run with that error."""
+    from harness.datasets import from_records
+
+    data = from_records([{"id": f"c{c}", "messages": [
+        {"role": "user", "content": f"conversation {c} question {t}"} for t in range(1, 5)]}
+        for c in range(12)], name="ordered")
+    provider = stub_providers(stub.base_url)[0]
+    seen = []
+    frame = replay(data, [provider], history="self", record_mode="all", cassette_dir=tmp_path,
+                   journal=tmp_path / "run.journal.jsonl", concurrency=12, progress=False,
+                   on_row=lambda row: seen.append((row.conversation_id, row.turn)))
+    assert len(frame) == len(seen) == 48 and (frame["status"] == "ok").all()
+    for c in range(12):
+        assert [t for cid, t in seen if cid == f"c{c}"] == [1, 2, 3, 4]
+
+    class Stop(Exception):
+        pass
+
+    def stop(row) -> None:
+        if row.turn == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        replay(data, [provider], history="self", record_mode="all",
+               cassette_dir=tmp_path / "stopped", journal=tmp_path / "stopped.journal.jsonl",
+               concurrency=12, progress=False, on_row=stop)

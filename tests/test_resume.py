@@ -375,3 +375,43 @@ def test_a_journal_killed_before_its_header_was_whole_starts_afresh(tmp_path):
     journal.append(TurnResult("c1", 1, "p"))
     journal.close()
     assert [r["turn"] for r in Journal(path, {"run": 1}).rows] == [1]
+
+
+def test_kill_9_while_saves_are_batched_then_resume_sends_no_journaled_turn(tmp_path):
+    """Many conversations in flight: their cassette saves share batches (one thread, one lock
+    per folder). A kill -9 mid-run, then the same command: no journaled turn is sent again,
+    every turn is in the results and recorded exactly once."""
+    conversations, turns = 24, 3
+    dataset = tmp_path / "batched.jsonl"
+    dataset.write_text("".join(json.dumps({"id": f"r{c}", "messages": [
+        {"role": "user", "content": f"Question {t} of conversation {c} please"}
+        for t in range(1, turns + 1)]}) + "\n" for c in range(conversations)))
+    every_turn = {(c, t) for c in range(conversations) for t in range(1, turns + 1)}
+    folder, out = tmp_path / "cassettes", tmp_path / "out.parquet"
+    journal = Path(f"{out}.journal.jsonl")
+    with StubServer(delay=0.05) as stub:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            f'[providers.stub]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\n'
+            f'model = "stub-gpt"\nparams = {{ max_tokens = 30 }}\n')
+        argv = ["replay", str(dataset), "-p", "stub", "--providers-file", str(providers),
+                "--record-mode", "new_episodes", "--cassettes", str(folder), "--concurrency",
+                str(conversations), "--no-progress", "--out", str(out)]
+        killed = subprocess.run([sys.executable, "-c", KILLER,
+                                 "harness.results:Journal.append:30:before", *argv],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        journaled = journaled_turns(journal)
+        assert 0 < len(journaled) < len(every_turn)
+        # a journaled turn's exchange was on disk before its row was written
+        assert journaled <= set(recorded_turns(folder))
+        sent_before = [turn_of(r["body"]) for r in stub.requests]
+        stub.requests.clear()
+        assert main(argv) == 0
+        sent_again = [turn_of(r["body"]) for r in stub.requests]
+    assert not set(sent_again) & journaled
+    assert set(sent_before) | set(sent_again) == every_turn
+    frame = results.load(out)
+    assert len(frame) == len(every_turn) and (frame["status"] == "ok").all()
+    assert sorted(recorded_turns(folder)) == sorted(every_turn)
+    assert leftovers(folder) == [] and not journal.exists()

@@ -204,3 +204,138 @@ def test_a_proxy_named_by_the_environment_carries_the_calls(tmp_path, monkeypatc
         proxy.server_close()
     assert frame["response"].tolist() == ["via the proxy"] * 2
     assert _Proxy.seen == [f"{target}/chat/completions"] * 2
+
+
+class RawServer:
+    """A server on 127.0.0.1 that keeps each request's bytes as they arrived (its port
+    written PORT) and answers with the bytes `answer(body)` gives (None: close without
+    answering; `close_after`: close once it answered)."""
+
+    def __init__(self, answer, close_after: bool = False):
+        self.answer, self.requests, self.close_after = answer, [], close_after
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        data = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                while len(data) < length:
+                    data += conn.recv(65536)
+                body, data = data[:length], data[length:]
+                port = str(self.port).encode()
+                self.requests.append((head + b"\r\n\r\n" + body).replace(port, b"PORT"))
+                reply = self.answer(body)
+                if reply is None:
+                    return
+                conn.sendall(reply)
+                if self.close_after:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _completion(text: str) -> bytes:
+    return json.dumps({"id": "r1", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()
+
+
+def _run_both(answer, tmp_path, monkeypatch, conversations_=2, turns=2, close_after=False):
+    """The same replay through harness's transport and through httpx's; per transport: the
+    request bytes the server received, the recorded exchanges, the rows."""
+    out = {}
+    for name in ("ours", "httpx"):
+        server = RawServer(answer, close_after)
+        try:
+            with monkeypatch.context() as patch:
+                if name == "httpx":
+                    patch.setattr(engine, "make_client", lambda timeout, limits: (
+                        engine.httpx.AsyncClient(timeout=timeout, limits=limits)))
+                patch.setenv("HARNESS_TEST_KEY", "sk-test-0123456789abcdef")
+                provider = Provider(name="p", protocol="openai", api_key_env="HARNESS_TEST_KEY",
+                                    base_url=f"http://127.0.0.1:{server.port}/v1", model="m",
+                                    headers={"X-Team": "evals"})
+                frame = replay(conversations(conversations_, turns), [provider],
+                               record_mode="all", cassette_dir=tmp_path / name, progress=False,
+                               retry=NO_RETRY, timeout=5, history="self")
+        finally:
+            server.close()
+        recorded = [(i.method, i.uri.replace(str(server.port), "PORT"),
+                     {k: [v.replace(str(server.port), "PORT") for v in values]
+                      for k, values in i.request_headers.items()},
+                     i.request_body, i.status, i.reason,
+                     {k: v for k, v in i.response_headers.items() if k != "x-harness-latency-ms"},
+                     i.response_body)
+                    for path in sorted((tmp_path / name).rglob("*.yaml"))
+                    for i in read_cassette(path)]
+        rows = frame.drop(columns=["latency_ms", "e2e_ms", "output_tokens_per_s"])
+        out[name] = (sorted(server.requests), recorded, rows.astype(str).to_dict("records"))
+    return out
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "gzip"])
+def test_the_bytes_sent_and_recorded_are_httpx_s(framing, tmp_path, monkeypatch):
+    """A live call goes out as the very bytes httpx sends (Host first, the provider's headers,
+    Content-Length last), and what is recorded of the answer is what httpx made of it:
+    a chunked body joined, a gzipped one decoded, the framing headers left out."""
+    import gzip
+
+    def answer(request: bytes) -> bytes:
+        body = _completion(f"reply {len(request)}")
+        if framing == "chunked":
+            return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                    + b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                               for part in (body[:10], body[10:])) + b"0\r\n\r\n")
+        headers = b"Content-Type: application/json\r\nX-Request-Id: abc\r\n"
+        if framing == "gzip":
+            body = gzip.compress(body)
+            headers += b"Content-Encoding: gzip\r\n"
+        return b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, len(body), body)
+
+    both = _run_both(answer, tmp_path, monkeypatch)
+    requests, recorded, rows = both["ours"]
+    assert len(requests) == len(recorded) == 4
+    assert all(b"sk-test-0123456789abcdef" in r for r in requests)  # sent, never recorded
+    assert not any("sk-test" in repr(r) for r in recorded)
+    assert all(row["response"].startswith("reply ") for row in rows)
+    assert both["ours"] == both["httpx"]
+
+
+@pytest.mark.parametrize("drop", ["before the answer", "mid-body"])
+def test_a_dropped_connection_is_the_error_row_httpx_gave(drop, tmp_path, monkeypatch):
+    """The server closes the connection: the row is an error row with httpx's own text, and
+    the next turn of a self-history conversation is skipped, as with httpx's transport."""
+    def answer(request: bytes) -> bytes | None:
+        if drop == "before the answer":
+            return None
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{}"
+
+    both = _run_both(answer, tmp_path, monkeypatch, conversations_=1, close_after=True)
+    _, recorded, rows = both["ours"]
+    assert [row["status"] for row in rows] == ["error", "skipped"]
+    assert rows[0]["error"] == ("RemoteProtocolError: Server disconnected without sending a "
+                                "response." if drop == "before the answer" else
+                                "RemoteProtocolError: peer closed connection without sending "
+                                "complete message body (received 2 bytes, expected 500)")
+    assert [r[4] for r in recorded] == [599]  # kept, so that a replay fails the same way
+    assert both["ours"][1:] == both["httpx"][1:]

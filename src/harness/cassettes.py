@@ -10,8 +10,9 @@ concurrent conversations record without sharing a file. While a conversation is 
 recorded its exchanges go to `<conversation-id>.yaml.partial` (same format), renamed to the
 cassette when the conversation completes: a run that was stopped leaves a partial file that
 the next run replays and continues, and record mode `once` can tell it from a finished
-cassette. Every write is temp file + rename under a per-cassette lock (`filelock`), merged
-with what is on disk, so two processes recording into one folder lose nothing. The YAML is
+cassette. Every write is temp file + rename under the folder's lock (`filelock`), merged
+with what is on disk, so two processes recording into one folder lose nothing; a run's saves
+go in batches, off the event loop (`CassetteSaver`). The YAML is
 written in flow style that is also JSON (see `_yaml_text`), so it is parsed as JSON;
 block-style YAML, as vcrpy writes it, goes through libyaml.
 
@@ -22,7 +23,9 @@ instead of vcrpy's scan; the k-th identical request gets the k-th recording.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import gzip
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 import zlib
 from collections import defaultdict, deque
@@ -48,6 +52,7 @@ from filelock import FileLock
 from .providers import is_secret_name
 from .timings import HEADER as TIMINGS_HEADER
 from .timings import Timings
+from .transport import Answer, Prepared
 
 RecordMode = Literal["none", "once", "new_episodes", "all"]
 RECORD_MODES: tuple[str, ...] = ("none", "once", "new_episodes", "all")
@@ -82,6 +87,7 @@ TRANSPORT_ERROR_HEADER = "x-harness-transport-error"
 TRANSPORT_ERROR_STATUS = 599
 PARTIAL_SUFFIX = ".partial"
 LOCK_TIMEOUT = 120.0
+SAVE_THREADS = 8  # cassettes of one batch written at once (each write ends in an fsync)
 _BODY_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
 
 
@@ -533,12 +539,14 @@ def partial_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold the lock every writer of the cassette at `path` takes (a hidden file beside it).
+    """Hold the lock every writer of a cassette in `path`'s folder takes (a hidden file there).
 
-    The lock file is removed while still held, so none is left behind: filelock (4.x) sees
-    that a lock file it waited on was unlinked and takes the new one instead.
+    One lock per folder, not per file: a batch of saves (`CassetteSaver`) takes it once, as
+    taking it costs more than writing a small cassette. The lock file is removed while still
+    held, so none is left behind: filelock (4.x) sees that a lock file it waited on was
+    unlinked and takes the new one instead.
     """
-    lock_path = path.with_name(f".{path.name}.lock")
+    lock_path = path.parent / ".harness.lock"
     with FileLock(lock_path, timeout=LOCK_TIMEOUT):
         try:
             yield
@@ -662,7 +670,9 @@ class Cassette:
                                   content=hit.response_body, request=request)
         return response, float("nan") if latency is None else latency
 
-    def _request(self, request: httpx.Request) -> dict:
+    def _request(self, request: httpx.Request | dict) -> dict:
+        if isinstance(request, dict):  # already as recorded (see `request_entry`)
+            return request
         secrets = self.secrets
         return {
             "body": _scrub_body(request.content, secrets),
@@ -671,14 +681,33 @@ class Cassette:
             "uri": scrub_url(str(request.url), secrets),
         }
 
-    def record(self, request: httpx.Request, response: httpx.Response, latency_ms: float, *,
-               body: bytes | None = None, timings: Timings | None = None) -> None:
+    def request_entry(self, prepared: Prepared, content: bytes) -> dict:
+        """The recorded form of a POST of `content` as `prepared` (what `_request` makes of
+        its httpx Request), a lean one's headers scrubbed once per conversation."""
+        if not prepared.lean:
+            return self._request(prepared.request(content))
+        secrets = self.secrets
+        headers = prepared.recorded
+        if headers is None or prepared.recorded_for is not secrets:
+            raw = [*prepared.raw, (b"Content-Length", b"0")]
+            headers = scrub_headers(_headers_dict(httpx.Headers(raw)), secrets)
+            prepared.recorded, prepared.recorded_for = headers, secrets
+        headers = dict(headers)
+        headers["content-length"] = [scrub_text(str(len(content)), secrets)]
+        return {"body": _scrub_body(content, secrets), "headers": headers, "method": "POST",
+                "uri": scrub_url(prepared.uri, secrets)}
+
+    def record(self, request: httpx.Request | dict, response: httpx.Response | Answer,
+               latency_ms: float, *, body: bytes | None = None,
+               timings: Timings | None = None) -> None:
         """Keep one exchange (credentials scrubbed) for the next `save`; `body` is the decoded
         body of a streamed response (read as it arrived), `timings` its stamps."""
-        response_headers = {
-            k: v for k, v in _headers_dict(response.headers).items()
-            if k.lower() not in _BODY_FRAMING
-        }
+        items = (response.header_items() if isinstance(response, Answer)
+                 else response.headers.multi_items())
+        response_headers: dict[str, list[str]] = {}
+        for name, value in items:
+            if name.lower() not in _BODY_FRAMING:
+                response_headers.setdefault(name, []).append(value)
         response_headers[LATENCY_HEADER] = [f"{latency_ms:.1f}"]
         if timings is not None:
             response_headers[TIMINGS_HEADER] = [timings.header()]
@@ -692,7 +721,7 @@ class Cassette:
             },
         })
 
-    def record_failure(self, request: httpx.Request, kind: str, error: str,
+    def record_failure(self, request: httpx.Request | dict, kind: str, error: str,
                        latency_ms: float) -> None:
         """Keep a request that got no HTTP answer, so that a replay fails the same way.
 
@@ -716,28 +745,37 @@ class Cassette:
         is on disk, and make that the cassette; with `finished=False` (a conversation not
         complete yet) it stays the partial file, which the next run continues.
 
-        Under the cassette's lock: another process may be recording into the same file.
+        Under the lock of the cassette's folder: another process may record into the same file.
         """
-        if self.mode == "none" or not (self._recorded or finished):
+        recorded, self._recorded = self._recorded, []
+        try:
+            self.write(recorded, finished)
+        except BaseException:
+            self._recorded = recorded + self._recorded  # kept for the next save
+            raise
+
+    def write(self, recorded: list[dict], finished: bool, *, locked: bool = False) -> None:
+        """`save` of `recorded` (taken from this cassette by the caller); `locked`: the caller
+        holds the folder's lock (see `CassetteSaver`)."""
+        if self.mode == "none" or not (recorded or finished):
             return
         partial = partial_path(self.path)
-        if not self._recorded and not partial.exists():
+        if not recorded and not partial.exists():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path):
-            if self._recorded:
+        if not locked:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.nullcontext() if locked else _locked(self.path):
+            if recorded:
                 as_json = self.path.suffix == ".json"
                 raws = _load_raw(partial, missing_ok=True, as_json=as_json)
                 if raws is None and finished:  # no unfinished recording: straight to the cassette
-                    _write(self.path, self._on_disk() + self._recorded, as_json)
-                    self._recorded = []
+                    _write(self.path, self._on_disk() + recorded, as_json)
                     return
-                _write(partial, (self._on_disk() if raws is None else raws) + self._recorded,
-                       as_json)
-                self._recorded = []
-            _temp_path(self.path).unlink(missing_ok=True)  # a killed writer's
-            if finished and partial.exists():
-                os.replace(partial, self.path)
+                _write(partial, (self._on_disk() if raws is None else raws) + recorded, as_json)
+            if finished:  # a killed writer's temp file of the cassette: no one else replaces it
+                _temp_path(self.path).unlink(missing_ok=True)
+                if partial.exists():
+                    os.replace(partial, self.path)
 
     def _on_disk(self) -> list[dict]:
         """What the cassette holds now (no unfinished recording is left), unless this is
@@ -763,6 +801,112 @@ def write_cassette(path: Path, interactions: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         _write(path, interactions, path.suffix == ".json")
+
+
+class CassetteSaver:
+    """Saves of cassettes off the event loop, in batches: one thread writes every save
+    queued meanwhile, each folder's lock taken once per batch, each cassette written once
+    per batch however many saves of it were queued (in the order they were asked for).
+
+    A thread per save (`asyncio.to_thread`) took the lock, and with it two file creations,
+    for every save: at a few hundred conversations in flight that cost more CPU than the
+    HTTP calls.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[Cassette, list[dict], bool, Any]] = []
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def save(self, cassette: Cassette, finished: bool = True) -> asyncio.Future:
+        """Queue `cassette.save(finished=...)`: what it recorded so far is taken now; the
+        future is done once that is on disk (or holds the error the save raised)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        recorded, cassette._recorded = cassette._recorded, []
+        with self._ready:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="harness-saver",
+                                                daemon=True)
+                self._thread.start()
+            self._jobs.append((cassette, recorded, finished, done))
+            self._ready.notify()
+        return done
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread (blocking)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join()
+        if "_writers" in self.__dict__:
+            self._writers.shutdown()
+
+    def _drain(self) -> None:
+        while True:
+            with self._ready:
+                while not self._jobs and not self._closed:
+                    self._ready.wait()
+                jobs, self._jobs = self._jobs, []
+                if not jobs:
+                    return
+            # per cassette, its saves merged in order: one write; per folder, one lock
+            merged: dict[int, list] = {}
+            for cassette, recorded, finished, done in jobs:
+                entry = merged.setdefault(id(cassette), [cassette, [], False, []])
+                entry[1] += recorded
+                entry[2] = entry[2] or finished
+                entry[3].append(done)
+            folders: dict[Path, list[list]] = {}
+            for entry in merged.values():
+                folders.setdefault(entry[0].path.parent, []).append(entry)
+            outcomes: list[tuple[list, BaseException | None]] = []
+            for folder, entries in folders.items():
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    lock = _locked(folder / "-")
+                    lock.__enter__()
+                except BaseException as exc:
+                    outcomes += [(entry, exc) for entry in entries]
+                    continue
+                try:  # the writes of a batch at once: their fsyncs overlap, not queue
+                    write = self._writers.map if len(entries) > 1 else map
+                    outcomes += zip(entries, write(_write_entry, entries), strict=True)
+                finally:
+                    lock.__exit__(None, None, None)
+            _settle(outcomes)
+
+    @functools.cached_property
+    def _writers(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, "harness-save")
+
+
+def _write_entry(entry: list) -> BaseException | None:
+    """Write one cassette of a batch; the error, if it failed."""
+    cassette, recorded, finished, _ = entry
+    try:
+        cassette.write(recorded, finished, locked=True)
+    except BaseException as exc:
+        return exc
+    return None
+
+
+def _settle(outcomes: list[tuple[list, BaseException | None]]) -> None:
+    """On the futures' loop, once per batch: wake who waits for a save; a failed one's
+    recordings go back to the cassette, for its next save (as `Cassette.save` keeps them)."""
+    def settle() -> None:
+        for (cassette, recorded, _, waiting), error in outcomes:
+            if error is not None:
+                cassette._recorded = recorded + cassette._recorded
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None) if error is None else done.set_exception(error)
+
+    if outcomes:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: no one waits
+            outcomes[0][0][3][0].get_loop().call_soon_threadsafe(settle)
 
 
 def _write(path: Path, interactions: list[dict], as_json: bool) -> None:

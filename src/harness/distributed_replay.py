@@ -194,6 +194,12 @@ class _WorkerRun(Run):
         self.opened[key] = cassette
         return cassette
 
+    async def save(self, cassette: Cassette, finished: bool) -> None:
+        cassette.save(finished=finished)  # kept in memory, shipped back to the driver
+
+    def save_soon(self, cassette: Cassette) -> None:
+        cassette.save(finished=False)
+
 
 def _replay_batch(settings: _Settings, units: list[_Unit]) -> list[_Outcome]:
     """Run on a worker: replay `units`, `settings.concurrency` conversations at a time."""

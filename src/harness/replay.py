@@ -12,6 +12,7 @@ replays what was recorded and sends only the rest.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import functools
@@ -33,6 +34,7 @@ from . import results as results_mod
 from .cassettes import (
     Cassette,
     CassetteError,
+    CassetteSaver,
     MissingRecording,
     RecordedHeaders,
     RecordMode,
@@ -55,7 +57,7 @@ from .providers import Provider, ProviderConfigError, check_params, known_secret
 from .results import TurnResult
 from .timings import Timings, columns, send_streamed
 from .tools import calls_json
-from .transport import Client, make_client
+from .transport import Answer, Client, LazyHeaders, Prepared, answer_of, make_client
 
 History = Literal["reference", "self", "auto"]
 HISTORY_MODES: tuple[str, ...] = ("reference", "self", "auto")
@@ -72,14 +74,14 @@ class RetryPolicy:
     base: float = 0.5
     max_wait: float = 30.0
 
-    def wait(self, attempt: int, response: httpx.Response | None) -> float:
+    def wait(self, attempt: int, response: httpx.Response | Answer | None) -> float:
         hinted = _retry_after(response) if response is not None else None
         if hinted is not None:
             return min(hinted, self.max_wait)
         return random.uniform(0, min(self.max_wait, self.base * 2 ** (attempt - 1)))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response | Answer) -> float | None:
     if ms := response.headers.get("retry-after-ms"):
         try:
             return max(0.0, float(ms) / 1000)
@@ -173,9 +175,27 @@ class Run:
         limits = httpx.Limits(max_connections=self.concurrency * len(self.providers))
         return make_client(self.timeout, limits)
 
+    @functools.cached_property
+    def saver(self) -> CassetteSaver:
+        return CassetteSaver()
+
+    async def save(self, cassette: Cassette, finished: bool) -> None:
+        """`cassette.save(finished=...)`, off the event loop, batched with the other saves."""
+        if cassette.mode != "none":  # a replay from cassettes writes none
+            await self.saver.save(cassette, finished)
+
+    def save_soon(self, cassette: Cassette) -> None:
+        """Queue the save of an unfinished conversation that was stopped; `aclose` writes it."""
+        if cassette.mode == "none":
+            return
+        done = self.saver.save(cassette, finished=False)
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # the stop is the error
+
     async def aclose(self) -> None:
         if "client" in self.__dict__:
             await self.client.aclose()
+        if "saver" in self.__dict__:  # blocking, at the end: what is queued reaches the disk
+            self.saver.close()
 
     def open_cassette(self, provider: Provider, conversation: Conversation) -> Cassette:
         """The cassette of (provider, conversation), opened for this run's record mode."""
@@ -254,21 +274,21 @@ def _prefix(
 
 async def _call(
     run: Run, provider: Provider, cassette: Cassette,
-    url: httpx.URL, headers: httpx.Headers, content: bytes, turn: Turn, limiter: Gate | None,
+    prepared: Prepared, content: bytes, turn: Turn, limiter: Gate | None,
 ) -> _Exchange:
-    """POST `content` to `url`: from the cassette when it holds the exchange, else over HTTP.
+    """POST `content` as `prepared`: from the cassette when it holds the exchange, else over HTTP.
 
     Every attempt is recorded, those that got no HTTP answer too, and a replayed attempt goes
     through the same steps as a live one, so an offline replay gives the live run's row.
-    A replayed exchange never becomes an httpx Request or Response: at scale, building
-    them cost more than the rest of the turn.
+    Neither a replayed nor (but for a stream) a live exchange becomes an httpx Request or
+    Response: at scale, building them cost more than the rest of the turn.
     """
     exchange = _Exchange()
     parse = run.parsers[provider.name]
     match_url, match_body = run.match_urls[provider.name], scrub_bytes(content, cassette.secrets)
     for attempt in range(1, run.retry.attempts + 1):
         exchange.attempts = attempt
-        response: httpx.Response | None = None
+        response: httpx.Response | Answer | None = None
         answer: tuple[int, Mapping[str, str], bytes] | None = None
         failure: str | None = None  # the attempt got no HTTP answer
         hit = cassette.take("POST", match_url, match_body)
@@ -282,16 +302,17 @@ async def _call(
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends
             ticket = await limiter.enter(content) if limiter is not None else None
-            request = httpx.Request("POST", url, headers=headers, content=content)
+            request = cassette.request_entry(prepared, content)
             started = time.perf_counter()
             timings = body = None
             try:
                 if run.stream:
-                    response, body, timings = await send_streamed(client, request,
-                                                                  provider.adapter, started)
-                else:
-                    response = await client.send(request)
-                    await response.aread()
+                    response, body, timings = await send_streamed(
+                        client, prepared.request(content), provider.adapter, started)
+                elif isinstance(client, Client):
+                    response = await client.post(prepared, content)
+                else:  # another client (bench/live_engine.py measures httpx's own)
+                    response = await answer_of(client, prepared.request(content))
             except httpx.TransportError as exc:
                 failure = scrub_text(f"{type(exc).__name__}: {exc}" if str(exc)
                                      else type(exc).__name__, run.secrets[provider.name])
@@ -303,7 +324,8 @@ async def _call(
                     exchange.latency_ms = timings.end
                 exchange.timings, exchange.timing = timings, "live"
                 cassette.record(request, response, exchange.latency_ms, body=body, timings=timings)
-                answer = (response.status_code, response.headers,
+                answer = (response.status_code,
+                          LazyHeaders(response) if body is None else response.headers,
                           response.content if body is None else body)
         elif attempt > 1:  # the recording gave up after fewer attempts than this run allows
             exchange.attempts = attempt - 1
@@ -336,7 +358,7 @@ async def _call(
 
 
 async def _leave(gate: Gate, ticket: tuple[float, float], exchange: _Exchange,
-                 response: httpx.Response | None) -> None:
+                 response: httpx.Response | Answer | None) -> None:
     usage = exchange.reply.usage if exchange.reply is not None else None
     used = None
     if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
@@ -358,6 +380,58 @@ def gates(providers: Sequence[Provider], adaptive_ceiling: int | None) -> dict[s
     return out
 
 
+class _JournaledRows:
+    """A journaled conversation's rows, emitted in turn order, each once the save of its
+    recording is done: the conversation goes on meanwhile, so that its saves share batches
+    (`CassetteSaver`) rather than each waiting for the disk. A failed save is raised by
+    `check`; rows still waiting when the conversation stops are not emitted (their turns
+    replay from the partial cassette on resume)."""
+
+    def __init__(self, emit: Callable[..., None]):
+        self.emit, self.closed = emit, False
+        self.waiting: collections.deque[tuple[TurnResult, bool, asyncio.Future | None]] = (
+            collections.deque())
+        self.error: BaseException | None = None
+
+    def add(self, result: TurnResult, fresh: bool = True,
+            saved: asyncio.Future | None = None) -> None:
+        self.waiting.append((result, fresh, saved))
+        if saved is not None:
+            saved.add_done_callback(self.flush)
+        self.flush()
+        self.check()
+
+    def flush(self, *_: object) -> None:
+        while self.waiting and not self.closed:
+            result, fresh, saved = self.waiting[0]
+            if saved is not None:
+                if not saved.done():
+                    return
+                if saved.cancelled() or saved.exception() is not None:
+                    self.error = self.error or (asyncio.CancelledError() if saved.cancelled()
+                                                else saved.exception())
+                    self.closed = True
+                    return
+            self.waiting.popleft()
+            try:  # run from a save's callback too: what emit raises (on_row's) stops the task
+                self.emit(result, fresh=fresh)
+            except BaseException as exc:
+                self.error, self.closed = exc, True
+                return
+
+    def check(self) -> None:
+        """Raise the error of a save that failed, or of an emit."""
+        if self.error is not None:
+            raise self.error
+
+    async def finish(self) -> None:
+        """Emit every row once its save is done; raise the error of one that failed."""
+        pending = [saved for _, _, saved in self.waiting if saved is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+        self.flush()
+        self.check()
+
+
 async def _replay_conversation(
     run: Run, conversation: Conversation,
     limiters: dict[str, Gate], emit: Callable[..., None],
@@ -368,8 +442,10 @@ async def _replay_conversation(
         done = run.done.get((conversation.id, provider.name), {})
         cassette = run.open_cassette(provider, conversation)
         own: dict[int, Reply] = {}
-        headers = httpx.Headers(provider.request_headers(provider.api_key()))  # copied per request
-        url = run.urls[provider.name]
+        prepared = Prepared(run.urls[provider.name],
+                            httpx.Headers(provider.request_headers(provider.api_key())))
+        rows = _JournaledRows(emit) if run.journaling else None
+        out = emit if rows is None else rows.add
         try:
             for turn in turns:
                 if turn.turn in done:  # resumed: finished before, not sent again
@@ -377,7 +453,7 @@ async def _replay_conversation(
                     if result.status == "ok":
                         own[turn.turn] = Reply(text=result.response or "",
                                                finish_reason=result.finish_reason or "other")
-                    emit(result, fresh=False)
+                    out(result, fresh=False)
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
                        "provider": provider.name, "prompt": turn.prompt,
@@ -385,33 +461,37 @@ async def _replay_conversation(
                        "reference_tool_calls": calls_json(turn.reference_tool_calls)}
                 prefix = _prefix(conversation, turns, turn.turn, own, run.history)
                 if isinstance(prefix, int):
-                    emit(TurnResult(**row, status="skipped",
+                    out(TurnResult(**row, status="skipped",
                                     error=f"turn {prefix} failed, so its reply is missing "
                                           f"from the {run.history} history"))
                     continue
                 try:
                     body = provider.build_body(prefix, run.params, turn.tools, run.stream)
                 except ValueError as exc:  # a prompt this protocol cannot express
-                    emit(TurnResult(**row, model=provider.model, status="error",
+                    out(TurnResult(**row, model=provider.model, status="error",
                                     finish_reason="error", error=f"cannot build request: {exc}"))
                     continue
                 content = _BODY_ENCODER.encode(body).encode("utf-8")
-                exchange = await _call(run, provider, cassette, url, headers, content,
+                exchange = await _call(run, provider, cassette, prepared, content,
                                        turn, limiters.get(provider.name))
                 result = _row(exchange, row, provider)
                 if exchange.timing is not None:
                     run.timing[exchange.timing] += 1
                 if exchange.reply is not None:
                     own[turn.turn] = exchange.reply
-                if run.journaling:  # a row in the journal implies its recording is on disk
-                    await asyncio.to_thread(cassette.save, finished=False)
-                emit(result)
-        except BaseException:  # stopped: what was recorded is kept, before anything else runs
-            cassette.save(finished=False)
+                if rows is None:
+                    emit(result)
+                else:  # a row in the journal implies its recording is on disk
+                    rows.add(result, saved=run.saver.save(cassette, finished=False)
+                             if cassette.mode != "none" else None)  # mode none writes none
+            await run.save(cassette, finished=True)
+            if rows is not None:
+                await rows.finish()
+        except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
+            if rows is not None:
+                rows.closed = True
+            run.save_soon(cassette)
             raise
-        # off the event loop: the lock, the write and its fsync would stall every call in flight
-        if run.record_mode != "none":  # (offline, there is nothing to save: no thread hop)
-            await asyncio.to_thread(cassette.save, finished=True)
 
     if len(run.providers) == 1:  # the usual case needs no task per conversation
         await one_provider(run.providers[0])

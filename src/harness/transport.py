@@ -3,19 +3,22 @@
 Why it exists: httpcore's connection pool scans every connection on every request and every
 response close (`_assign_requests_to_connections`), so at a few hundred calls in flight the
 pool, not the network, bounds a live run. Here each origin keeps a stack of idle connections:
-taking one and giving it back are O(1). httpx still builds every request and response (and
-so every recorded byte), this only moves the bytes; what it does not serve (other schemes,
-a streamed request body, proxies from the environment: see `make_client`) goes to httpx's
-own transport.
+taking one and giving it back are O(1). The engine's plain calls go through `Client.post` as
+bytes framed once per conversation (`Prepared`: the very bytes httpx would send) and come
+back as an `Answer`, with no httpx Request or Response; a stream goes through httpx's models
+on this pool; what it does not serve (other schemes, a streamed request body, proxies from
+the environment: see `make_client`) goes to httpx's own transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 
 import httpx
 
@@ -114,7 +117,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
 
-    async def _connect(self, request: httpx.Request, origin: Origin,
+    async def _connect(self, request: httpx.Request | None, origin: Origin,
                        timeout: float | None) -> _Connection:
         scheme, host, port = origin
         tls = self._ssl_context() if scheme == b"https" else None
@@ -153,11 +156,34 @@ class PooledTransport(httpx.AsyncBaseTransport):
             body = request.content
         except httpx.RequestNotRead:
             body = await request.aread()
-        timeouts = request.extensions.get("timeout", {})
-        origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80))
         message = b"".join([request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n",
                             *(b"%s: %s\r\n" % pair for pair in request.headers.raw), b"\r\n",
                             body])
+        close = "close" in request.headers.get("connection", "").lower()
+        status, reason, version, headers, stream = await self._send(
+            _origin(url), message, request.extensions.get("timeout", {}), request.method, close,
+            request)
+        return httpx.Response(status, headers=headers, stream=stream,
+                              extensions={"http_version": version, "reason_phrase": reason})
+
+    async def post(self, origin: Origin, message: bytes,
+                   timeouts: dict[str, float | None]) -> tuple[int, bytes, list, bytes]:
+        """Send a POST already framed as bytes (`message`) and read its response whole: status,
+        reason, raw headers, body (its transfer framing undone, not its content-encoding)."""
+        status, reason, _, headers, stream = await self._send(origin, message, timeouts, "POST",
+                                                              False, None)
+        parts = []
+        try:
+            async for part in stream:
+                parts.append(part)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return status, reason, headers, parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _send(self, origin: Origin, message: bytes, timeouts: dict[str, float | None],
+                    method: str, close: bool, request: httpx.Request | None,
+                    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], _Body]:
         idle, now = self._idle.get(origin), time.monotonic()
         while idle:  # newest first: the one least likely to have been closed by the server
             connection = idle.pop()
@@ -165,7 +191,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 connection.close()
                 continue
             try:
-                return await self._exchange(request, origin, connection, message, timeouts)
+                return await self._exchange(origin, connection, message, timeouts, method, close,
+                                            request)
             except _Stale:  # closed by the server while idle: the request never arrived
                 connection.close()
             except BaseException:
@@ -173,7 +200,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 raise
         connection = await self._connect(request, origin, timeouts.get("connect"))
         try:
-            return await self._exchange(request, origin, connection, message, timeouts)
+            return await self._exchange(origin, connection, message, timeouts, method, close,
+                                        request)
         except _Stale:
             connection.close()
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.",
@@ -182,8 +210,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
             connection.close()
             raise
 
-    async def _exchange(self, request: httpx.Request, origin: Origin, connection: _Connection,
-                        message: bytes, timeouts: dict[str, float | None]) -> httpx.Response:
+    async def _exchange(self, origin: Origin, connection: _Connection, message: bytes,
+                        timeouts: dict[str, float | None], method: str, close: bool,
+                        request: httpx.Request | None,
+                        ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], _Body]:
         assert connection.transport is not None
         connection.transport.write(message)
         read_timeout, buffer = timeouts.get("read"), connection.buffer
@@ -207,9 +237,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
             del buffer[:end + 4]
             if not 100 <= status < 200 or status == 101:
                 break
-        stream = _Body(self, origin, connection, request, status, headers, version, read_timeout)
-        return httpx.Response(status, headers=headers, stream=stream,
-                              extensions={"http_version": version, "reason_phrase": reason})
+        stream = _Body(self, origin, connection, method, close, request, status, headers, version,
+                       read_timeout)
+        return status, reason, version, headers, stream
 
     async def aclose(self) -> None:
         for idle in self._idle.values():
@@ -218,6 +248,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
         if self._fallback is not None:
             await self._fallback.aclose()
+
+
+def _origin(url: httpx.URL) -> Origin:
+    return url.raw_scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80)
 
 
 class _Stale(Exception):
@@ -247,8 +281,8 @@ class _Body(httpx.AsyncByteStream):
     step yields what is buffered. Read to its end, the connection goes back to the pool."""
 
     def __init__(self, transport: PooledTransport, origin: Origin, connection: _Connection,
-                 request: httpx.Request, status: int, headers: list[tuple[bytes, bytes]],
-                 version: bytes, timeout: float | None):
+                 method: str, close: bool, request: httpx.Request | None, status: int,
+                 headers: list[tuple[bytes, bytes]], version: bytes, timeout: float | None):
         self._transport, self._origin, self._connection = transport, origin, connection
         self._request, self._timeout = request, timeout
         length, chunked, keep = None, False, version == b"HTTP/1.1"
@@ -260,12 +294,12 @@ class _Body(httpx.AsyncByteStream):
                 chunked = b"chunked" in value.lower()
             elif lower == b"connection" and b"close" in value.lower():
                 keep = False
-        if request.method == "HEAD" or status in (204, 304):
+        if method == "HEAD" or status in (204, 304):
             length, chunked = 0, False
-        if "close" in request.headers.get("connection", "").lower():
+        if close:
             keep = False
         self._keep = keep
-        self._remaining = length or 0
+        self._length = self._remaining = length or 0
         self._state = (_CHUNK_SIZE if chunked else _LENGTH if length is not None
                        else _UNTIL_CLOSE)
         if self._state == _UNTIL_CLOSE:
@@ -333,8 +367,11 @@ class _Body(httpx.AsyncByteStream):
             if connection.eof:
                 if isinstance(connection.error, OSError):
                     raise httpx.ReadError(str(connection.error), request=self._request)
+                # h11's texts, so that the error rows are what httpx's transport gave
+                detail = (f"received {self._length - self._remaining} bytes, expected "
+                          f"{self._length}" if state == _LENGTH else "incomplete chunked read")
                 raise httpx.RemoteProtocolError("peer closed connection without sending complete "
-                                                "message body", request=self._request)
+                                                f"message body ({detail})", request=self._request)
             await connection.fill(self._timeout)
 
     def _finish(self) -> None:
@@ -351,6 +388,107 @@ class _Body(httpx.AsyncByteStream):
         if connection is not None:  # not read to its end: what is left cannot be skipped
             self._state = _DONE
             connection.close()
+
+
+class Prepared:
+    """POSTs of one conversation: its URL and headers framed once, as httpx frames them (Host
+    first, Content-Length last), so that a call only adds its length and body.
+
+    `lean` says whether `Client.post` may send these bytes itself: plain http(s), no
+    credentials in the URL, no header that changes the framing or the connection.
+    """
+
+    def __init__(self, url: httpx.URL, headers: httpx.Headers):
+        self.url, self.headers = url, headers
+        self.recorded: dict[str, list[str]] | None = None  # a lean call's headers as recorded
+        self.recorded_for: list[str] | None = None  # the secrets they were scrubbed of
+
+    @functools.cached_property  # made on the first live call: a replay needs none of this
+    def lean(self) -> bool:
+        url = self.url
+        return (url.scheme in ("http", "https") and not url.userinfo and not any(
+            name in self.headers for name in ("host", "content-length", "transfer-encoding",
+                                              "connection")))
+
+    @functools.cached_property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        """The headers httpx.Request sends for a lean call but Content-Length, which comes
+        last: Host first, then these headers (what its `_prepare` does, without a Request
+        per call; tests/test_transport.py holds the two equal)."""
+        return [(b"Host", self.url.netloc), *self.headers.raw]
+
+    @functools.cached_property
+    def origin(self) -> Origin:
+        return _origin(self.url)
+
+    @functools.cached_property
+    def uri(self) -> str:
+        return str(self.url)
+
+    @functools.cached_property
+    def head(self) -> bytes:
+        """The request line and headers, up to the value of Content-Length."""
+        return b"".join([b"POST ", self.url.raw_path, b" HTTP/1.1\r\n",
+                         *(b"%s: %s\r\n" % pair for pair in self.raw), b"Content-Length: "])
+
+    def request(self, content: bytes) -> httpx.Request:
+        """The httpx Request of a call: what a stream, a proxy or another client sends."""
+        return httpx.Request("POST", self.url, headers=self.headers, content=content)
+
+
+class Answer:
+    """A response read whole: what the engine and the cassette need of it."""
+
+    __slots__ = ("status_code", "reason_phrase", "raw_headers", "content", "_headers")
+
+    def __init__(self, status_code: int, reason_phrase: str, raw_headers: list[tuple[bytes, bytes]],
+                 content: bytes):
+        self.status_code, self.reason_phrase = status_code, reason_phrase
+        self.raw_headers, self.content = raw_headers, content
+        self._headers: httpx.Headers | None = None
+
+    @property
+    def headers(self) -> httpx.Headers:
+        """As httpx.Response.headers; built on first read (adapters rarely read them)."""
+        if self._headers is None:
+            self._headers = httpx.Headers(self.raw_headers)
+        return self._headers
+
+    def header_items(self) -> list[tuple[str, str]]:
+        """As `httpx.Headers.multi_items()`: names in lower case, decoded as httpx decodes."""
+        raw = self.raw_headers
+        encoding = "iso-8859-1"
+        for candidate in ("ascii", "utf-8"):
+            try:
+                for name, value in raw:
+                    name.decode(candidate)
+                    value.decode(candidate)
+            except UnicodeDecodeError:
+                continue
+            encoding = candidate
+            break
+        return [(name.lower().decode(encoding), value.decode(encoding)) for name, value in raw]
+
+
+class LazyHeaders(Mapping[str, str]):
+    """An Answer's headers for an adapter, as httpx.Headers only once read."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, answer: Answer):
+        self._answer = answer
+
+    def __getitem__(self, name: str) -> str:
+        return self._answer.headers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._answer.headers)
+
+    def __len__(self) -> int:
+        return len(self._answer.raw_headers)
+
+
+_IDENTITY = (b"identity", b"")
 
 
 class Client:
@@ -390,6 +528,21 @@ class Client:
                 raise
         return response
 
+    async def post(self, prepared: Prepared, content: bytes) -> Answer:
+        """POST `content` as `prepared` says, the response read whole; plain HTTP/1.1 goes as
+        bytes through the pool, with no httpx Request or Response (at a few hundred calls in
+        flight, building them cost more CPU than the rest of the call)."""
+        if self.transport is None or not prepared.lean:
+            return await answer_of(self, prepared.request(content))
+        status, reason, headers, body = await self.transport.post(
+            prepared.origin, b"%s%d\r\n\r\n%s" % (prepared.head, len(content), content),
+            self.timeouts)
+        for name, value in headers:  # rare: a server that compresses unasked
+            if name.lower() == b"content-encoding" and value.strip().lower() not in _IDENTITY:
+                body = httpx.Response(status, headers=headers, content=body).content
+                break
+        return Answer(status, reason.decode("ascii", errors="ignore"), headers, body)
+
     async def aclose(self) -> None:
         if self.client is not None:
             await self.client.aclose()  # and the transport it was given
@@ -406,3 +559,11 @@ def make_client(timeout: float, limits: httpx.Limits, *,
                 verify: ssl.SSLContext | bool = True) -> Client:
     """The engine's client (see `Client`)."""
     return Client(timeout, limits, verify=verify)
+
+
+async def answer_of(client: Client | httpx.AsyncClient, request: httpx.Request) -> Answer:
+    """`request` sent through any client, its response read whole, as an Answer."""
+    response = await client.send(request)
+    await response.aread()
+    return Answer(response.status_code, response.reason_phrase, response.headers.raw,
+                  response.content)
