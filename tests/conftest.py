@@ -60,6 +60,21 @@ SMALL_RECORDS = [
 ]
 
 
+def write_questions(path: Path, conversations: int, turns: int) -> Path:
+    """A JSONL dataset of numbered questions ("Question T of conversation C please")."""
+    path.write_text("".join(json.dumps({"id": f"r{c}", "messages": [
+        {"role": "user", "content": f"Question {t} of conversation {c} please"}
+        for t in range(1, turns + 1)]}) + "\n" for c in range(conversations)))
+    return path
+
+
+def write_stub_provider(path: Path, base_url: str) -> Path:
+    """A providers file with one OpenAI provider `stub` at the stub server `base_url`."""
+    path.write_text(f'[providers.stub]\nprotocol = "openai"\nbase_url = "{base_url}/v1"\n'
+                    f'model = "stub-gpt"\nparams = {{ max_tokens = 30 }}\n')
+    return path
+
+
 @pytest.fixture
 def small_dataset():
     return from_records(SMALL_RECORDS, name="small")

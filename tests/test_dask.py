@@ -5,7 +5,6 @@ turn again."""
 from __future__ import annotations
 
 import copy
-import json
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_RECORDS, stub_providers
+from conftest import ROOT, SMALL_RECORDS, stub_providers, write_questions, write_stub_provider
 from test_resume import KILLER, journaled_turns, leftovers
 
 from harness import cassettes, replay, results
@@ -95,17 +94,11 @@ def turn_of(body: dict) -> tuple[int, int]:
 
 
 def test_kill_9_of_the_driver_then_the_same_command_resumes(tmp_path):
-    dataset = tmp_path / "dask-resume.jsonl"
-    dataset.write_text("".join(json.dumps({"id": f"r{c}", "messages": [
-        {"role": "user", "content": f"Question {t} of conversation {c} please"}
-        for t in range(1, TURNS + 1)]}) + "\n" for c in range(CONVERSATIONS)))
+    dataset = write_questions(tmp_path / "dask-resume.jsonl", CONVERSATIONS, TURNS)
     folder, out = tmp_path / "cassettes", tmp_path / "out.parquet"
     journal = Path(f"{out}.journal.jsonl")
     with StubServer(delay=0.05) as stub:
-        providers = tmp_path / "providers.toml"
-        providers.write_text(
-            f'[providers.stub]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\n'
-            f'model = "stub-gpt"\nparams = {{ max_tokens = 30 }}\n')
+        providers = write_stub_provider(tmp_path / "providers.toml", stub.base_url)
         argv = ["replay", str(dataset), "-p", "stub", "--providers-file", str(providers),
                 "--record-mode", "once", "--cassettes", str(folder), "--concurrency", "1",
                 "--no-progress", "--workers", "2", "--out", str(out)]

@@ -14,7 +14,7 @@ import time
 import httpx
 import pandas as pd
 import pytest
-from conftest import ROOT, stub_providers
+from conftest import ROOT, stub_providers, write_stub_provider
 
 from harness import RetryPolicy, compare, replay, results
 from harness.datasets import from_records
@@ -149,10 +149,7 @@ def test_kill_9_then_the_same_command_resumes_without_recalling_a_turn(tmp_path)
     journal = tmp_path / "results.parquet.journal.jsonl"
 
     with StubServer(delay=0.05) as stub:
-        providers_file = tmp_path / "providers.toml"
-        providers_file.write_text(
-            f'[providers.stub]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\n'
-            f'model = "stub-gpt"\nparams = {{ max_tokens = 30 }}\n')
+        providers_file = write_stub_provider(tmp_path / "providers.toml", stub.base_url)
         command = [sys.executable, "-m", "harness", "replay", str(dataset_path), "-p", "stub",
                    "--providers-file", str(providers_file), "--record-mode", "once",
                    "--cassettes", str(tmp_path / "cassettes"), "--concurrency", "2",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_questions, write_stub_provider
 
 from harness import cassettes, results
 from harness.cli import main
@@ -122,15 +122,9 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture
 def project(tmp_path):
     """A dataset, a stub and a providers file pointing at it; `command(...)` builds the argv."""
-    dataset = tmp_path / "resume.jsonl"
-    dataset.write_text("".join(json.dumps({"id": f"r{c}", "messages": [
-        {"role": "user", "content": f"Question {t} of conversation {c} please"}
-        for t in range(1, TURNS + 1)]}) + "\n" for c in range(CONVERSATIONS)))
+    dataset = write_questions(tmp_path / "resume.jsonl", CONVERSATIONS, TURNS)
     with StubServer() as stub:
-        providers = tmp_path / "providers.toml"
-        providers.write_text(
-            f'[providers.stub]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\n'
-            f'model = "stub-gpt"\nparams = {{ max_tokens = 30 }}\n')
+        providers = write_stub_provider(tmp_path / "providers.toml", stub.base_url)
 
         def command(mode: str, cassette_dir: Path, out: Path | None) -> list[str]:
             argv = ["replay", str(dataset), "-p", "stub", "--providers-file", str(providers),
@@ -382,18 +376,12 @@ def test_kill_9_while_saves_are_batched_then_resume_sends_no_journaled_turn(tmp_
     per folder). A kill -9 mid-run, then the same command: no journaled turn is sent again,
     every turn is in the results and recorded exactly once."""
     conversations, turns = 24, 3
-    dataset = tmp_path / "batched.jsonl"
-    dataset.write_text("".join(json.dumps({"id": f"r{c}", "messages": [
-        {"role": "user", "content": f"Question {t} of conversation {c} please"}
-        for t in range(1, turns + 1)]}) + "\n" for c in range(conversations)))
+    dataset = write_questions(tmp_path / "batched.jsonl", conversations, turns)
     every_turn = {(c, t) for c in range(conversations) for t in range(1, turns + 1)}
     folder, out = tmp_path / "cassettes", tmp_path / "out.parquet"
     journal = Path(f"{out}.journal.jsonl")
     with StubServer(delay=0.05) as stub:
-        providers = tmp_path / "providers.toml"
-        providers.write_text(
-            f'[providers.stub]\nprotocol = "openai"\nbase_url = "{stub.base_url}/v1"\n'
-            f'model = "stub-gpt"\nparams = {{ max_tokens = 30 }}\n')
+        providers = write_stub_provider(tmp_path / "providers.toml", stub.base_url)
         argv = ["replay", str(dataset), "-p", "stub", "--providers-file", str(providers),
                 "--record-mode", "new_episodes", "--cassettes", str(folder), "--concurrency",
                 str(conversations), "--no-progress", "--out", str(out)]
