@@ -538,15 +538,15 @@ def partial_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold the lock every writer of a cassette in `path`'s folder takes (a hidden file there).
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the lock every writer of a cassette in `folder` takes (a hidden file there).
 
     One lock per folder, not per file: a batch of saves (`CassetteSaver`) takes it once, as
     taking it costs more than writing a small cassette. The lock file is removed while still
     held, so none is left behind: filelock (4.x) sees that a lock file it waited on was
     unlinked and takes the new one instead.
     """
-    lock_path = path.parent / ".harness.lock"
+    lock_path = folder / ".harness.lock"
     with FileLock(lock_path, timeout=LOCK_TIMEOUT):
         try:
             yield
@@ -747,12 +747,22 @@ class Cassette:
 
         Under the lock of the cassette's folder: another process may record into the same file.
         """
-        recorded, self._recorded = self._recorded, []
+        recorded = self.take_recorded()
         try:
             self.write(recorded, finished)
         except BaseException:
-            self._recorded = recorded + self._recorded  # kept for the next save
+            self.give_back(recorded)
             raise
+
+    def take_recorded(self) -> list[dict]:
+        """What was recorded since the last save, taken for a `write`."""
+        recorded, self._recorded = self._recorded, []
+        return recorded
+
+    def give_back(self, recorded: list[dict]) -> None:
+        """Return what a failed `write` took, ahead of what was recorded since: kept for the
+        next save."""
+        self._recorded = recorded + self._recorded
 
     def write(self, recorded: list[dict], finished: bool, *, locked: bool = False) -> None:
         """`save` of `recorded` (taken from this cassette by the caller); `locked`: the caller
@@ -764,7 +774,7 @@ class Cassette:
             return
         if not locked:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.nullcontext() if locked else _locked(self.path):
+        with contextlib.nullcontext() if locked else _locked(self.path.parent):
             if recorded:
                 as_json = self.path.suffix == ".json"
                 raws = _load_raw(partial, missing_ok=True, as_json=as_json)
@@ -799,7 +809,7 @@ def _temp_path(path: Path) -> Path:
 def write_cassette(path: Path, interactions: list[dict]) -> None:
     """Write a vcrpy cassette atomically: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with _locked(path.parent):
         _write(path, interactions, path.suffix == ".json")
 
 
@@ -824,7 +834,7 @@ class CassetteSaver:
         future is done once that is on disk (or holds the error the save raised)."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        recorded, cassette._recorded = cassette._recorded, []
+        recorded = cassette.take_recorded()
         with self._ready:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._drain, name="harness-saver",
@@ -866,7 +876,7 @@ class CassetteSaver:
             for folder, entries in folders.items():
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
-                    lock = _locked(folder / "-")
+                    lock = _locked(folder)
                     lock.__enter__()
                 except BaseException as exc:
                     outcomes += [(entry, exc) for entry in entries]
@@ -899,7 +909,7 @@ def _settle(outcomes: list[tuple[list, BaseException | None]]) -> None:
     def settle() -> None:
         for (cassette, recorded, _, waiting), error in outcomes:
             if error is not None:
-                cassette._recorded = recorded + cassette._recorded
+                cassette.give_back(recorded)
             for done in waiting:
                 if not done.done():
                     done.set_result(None) if error is None else done.set_exception(error)

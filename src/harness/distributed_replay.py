@@ -269,12 +269,10 @@ def _read_files(path: Path, mode: RecordMode) -> _Files:
 
 
 def _write_back(run: Run, path: Path, recorded: list[dict], finished: bool) -> None:
-    """What a worker recorded, saved by `Cassette.save` itself: under the cassette's lock,
+    """What a worker recorded, written by `Cassette.write` itself: under the folder's lock,
     merged with what is on disk now (another process may have recorded into the same file
     since the driver read it), into the partial file or, once complete, the cassette."""
-    cassette = Cassette(path=path, mode=run.record_mode, since=run.started)
-    cassette._recorded = list(recorded)
-    cassette.save(finished=finished)
+    Cassette(path=path, mode=run.record_mode, since=run.started).write(list(recorded), finished)
 
 
 def replay_on_dask(
