@@ -102,6 +102,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, list[_Connection]] = {}
         self._fallback = fallback
         self.connections = 0  # opened so far
+        self._unsent: list[tuple[asyncio.Transport, bytes]] = []
 
     def _fallback_transport(self) -> httpx.AsyncBaseTransport:
         if self._fallback is None:
@@ -139,6 +140,20 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("All connection attempts failed", request=request) from None
         self.connections += 1
         return connection
+
+    def _write(self, transport: asyncio.Transport, message: bytes) -> None:
+        """Write `message` once this turn of the event loop is done, with the others written
+        in it: a server woken by the first of them is still awake for the rest (on loopback in
+        a VM, waking the reader was most of what a send cost, ~0.3 ms)."""
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._write_unsent)
+        self._unsent.append((transport, message))
+
+    def _write_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for transport, message in unsent:
+            if not transport.is_closing():  # closed meanwhile: its reader sees the close
+                transport.write(message)
 
     def _release(self, origin: Origin, connection: _Connection) -> None:
         idle = self._idle.setdefault(origin, [])
@@ -215,7 +230,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                         request: httpx.Request | None,
                         ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], _Body]:
         assert connection.transport is not None
-        connection.transport.write(message)
+        self._write(connection.transport, message)
         read_timeout, buffer = timeouts.get("read"), connection.buffer
         while True:
             try:
