@@ -262,3 +262,27 @@ def test_a_journaled_run_emits_each_conversation_in_turn_order_and_stops_on_an_o
         replay(data, [provider], history="self", record_mode="all",
                cassette_dir=tmp_path / "stopped", journal=tmp_path / "stopped.journal.jsonl",
                concurrency=12, progress=False, on_row=stop)
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(stub, small_dataset, tmp_path):
+    # the engine collects less often while it runs (a third of its CPU went to the collector
+    # with hundreds of conversations in flight); the caller's settings come back after
+    import gc
+
+    before = gc.get_threshold()
+    gc.set_threshold(1234, 7, 9)
+    during = []
+    try:
+        provider = stub_providers(stub.base_url)[:1]
+        replay(small_dataset, provider, record_mode="all", cassette_dir=tmp_path,
+               progress=False, on_row=lambda row: during.append(gc.get_threshold()))
+        assert during and all(t[0] > 1234 and t[1:] == (7, 9) for t in during)
+        assert gc.get_threshold() == (1234, 7, 9) and gc.get_freeze_count() == 0
+        def stop(row):
+            raise RuntimeError("stopped by on_row")
+
+        with pytest.raises(RuntimeError, match="stopped by on_row"):  # one that fails too
+            replay(small_dataset, provider, cassette_dir=tmp_path, progress=False, on_row=stop)
+        assert gc.get_threshold() == (1234, 7, 9) and gc.get_freeze_count() == 0
+    finally:
+        gc.set_threshold(*before)
