@@ -67,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
                         model="stub-gpt", params={"max_tokens": 40})
     concurrency = "auto" if args.one == "auto" else int(args.one)
     retry = RetryPolicy(attempts=10, base=0.05, max_wait=5.0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         cpu, wall = time.process_time(), time.perf_counter()
         frame = replay(data, [provider], history="self", record_mode="all", cassette_dir=tmp,
                        serializer="json", concurrency=concurrency, progress=False, retry=retry,
@@ -102,7 +102,7 @@ def start_stub(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 def run_one(args: argparse.Namespace, url: str, concurrency: str) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", concurrency, "--url", url,
                "--conversations", str(args.conversations), "--turns", str(args.turns),
-               "--client", args.client]
+               "--client", args.client] + (["--dir", args.dir] if args.dir else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -128,6 +128,8 @@ def main() -> None:
                         help="harness: its own pooled transport (the default); httpx, httpx2: "
                              "that client's own transport (httpcore's pool)")
     parser.add_argument("--rate", type=float, help="server limit, requests/s (runs auto)")
+    parser.add_argument("--dir", help="record the cassettes under this folder (default: the "
+                                      "system's temp folder); /dev/shm leaves the disk out")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,7 +139,8 @@ def main() -> None:
     try:
         n, t, latency = args.conversations, args.turns, args.latency_ms / 1000
         print(f"live engine: {n} conversations x {t} turns, latency {args.latency_ms:g} ms "
-              f"+/- {args.jitter_ms:g} ms, client {args.client}, stub in its own process")
+              f"+/- {args.jitter_ms:g} ms, client {args.client}, stub in its own process, "
+              f"cassettes under {args.dir or tempfile.gettempdir()}")
         if args.rate:
             r = run_one(args, url, "auto")
             achieved = r["turns"] / r["wall"]
