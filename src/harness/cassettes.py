@@ -87,7 +87,7 @@ TRANSPORT_ERROR_HEADER = "x-harness-transport-error"
 TRANSPORT_ERROR_STATUS = 599
 PARTIAL_SUFFIX = ".partial"
 LOCK_TIMEOUT = 120.0
-SAVE_THREADS = 8  # cassettes of one batch written at once (each write ends in an fsync)
+SAVE_THREADS = 8  # the fsyncs of a batch's cassettes, at once
 _BODY_FRAMING = ("content-encoding", "content-length", "transfer-encoding")
 
 
@@ -764,9 +764,11 @@ class Cassette:
         next save."""
         self._recorded = recorded + self._recorded
 
-    def write(self, recorded: list[dict], finished: bool, *, locked: bool = False) -> None:
+    def write(self, recorded: list[dict], finished: bool, *, locked: bool = False,
+              files: _Files | None = None) -> None:
         """`save` of `recorded` (taken from this cassette by the caller); `locked`: the caller
-        holds the folder's lock (see `CassetteSaver`)."""
+        holds the folder's lock (see `CassetteSaver`); `files`: staged there for the caller to
+        commit (under that lock), else committed now."""
         if self.mode == "none" or not (recorded or finished):
             return
         partial = partial_path(self.path)
@@ -774,18 +776,25 @@ class Cassette:
             return
         if not locked:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        staged = _Files() if files is None else files
         with contextlib.nullcontext() if locked else _locked(self.path.parent):
+            wrote_partial = False
             if recorded:
                 as_json = self.path.suffix == ".json"
                 raws = _load_raw(partial, missing_ok=True, as_json=as_json)
                 if raws is None and finished:  # no unfinished recording: straight to the cassette
-                    _write(self.path, self._on_disk() + recorded, as_json)
-                    return
-                _write(partial, (self._on_disk() if raws is None else raws) + recorded, as_json)
+                    staged.write(self.path, self._on_disk() + recorded, as_json)
+                    finished = False
+                else:
+                    staged.write(partial, (self._on_disk() if raws is None else raws) + recorded,
+                                 as_json)
+                    wrote_partial = True
             if finished:  # a killed writer's temp file of the cassette: no one else replaces it
                 _temp_path(self.path).unlink(missing_ok=True)
-                if partial.exists():
-                    os.replace(partial, self.path)
+                if wrote_partial or partial.exists():
+                    staged.rename(partial, self.path)
+            if files is None:
+                staged.commit()
 
     def _on_disk(self) -> list[dict]:
         """What the cassette holds now (no unfinished recording is left), unless this is
@@ -881,9 +890,20 @@ class CassetteSaver:
                 except BaseException as exc:
                     outcomes += [(entry, exc) for entry in entries]
                     continue
-                try:  # the writes of a batch at once: their fsyncs overlap, not queue
-                    write = self._writers.map if len(entries) > 1 else map
-                    outcomes += zip(entries, write(_write_entry, entries), strict=True)
+                try:
+                    staged = [(entry, _Files()) for entry in entries]
+                    written = [(entry, files, _write_entry(entry, files))
+                               for entry, files in staged]
+                    # the fsyncs of a batch at once: on a disk they overlap rather than queue
+                    ready = [files for _, files, error in written if error is None]
+                    sync = self._writers.map if len(ready) > 1 else map
+                    synced = iter(list(sync(_settled, [files.sync for files in ready])))
+                    for entry, files, error in written:
+                        if error is None:
+                            error = next(synced)
+                        if error is None:
+                            error = _settled(files.finish)
+                        outcomes.append((entry, error))
                 finally:
                     lock.__exit__(None, None, None)
             _settle(outcomes)
@@ -893,11 +913,16 @@ class CassetteSaver:
         return concurrent.futures.ThreadPoolExecutor(SAVE_THREADS, "harness-save")
 
 
-def _write_entry(entry: list) -> BaseException | None:
-    """Write one cassette of a batch; the error, if it failed."""
+def _write_entry(entry: list, files: _Files) -> BaseException | None:
+    """Stage one cassette of a batch in `files`; the error, if it failed."""
     cassette, recorded, finished, _ = entry
+    return _settled(lambda: cassette.write(recorded, finished, locked=True, files=files))
+
+
+def _settled(step: Any) -> BaseException | None:
+    """Run `step`; the exception it raised, if any."""
     try:
-        cassette.write(recorded, finished, locked=True)
+        step()
     except BaseException as exc:
         return exc
     return None
@@ -919,26 +944,79 @@ def _settle(outcomes: list[tuple[list, BaseException | None]]) -> None:
             outcomes[0][0][3][0].get_loop().call_soon_threadsafe(settle)
 
 
+class _Files:
+    """Cassette files written in two steps: each to its temp file (`write`), then, once
+    `commit` has fsynced every temp file, renamed into place in the order asked. A batch of
+    saves writes all of its files first and fsyncs them together (`CassetteSaver`), so the
+    threads that overlap the fsyncs run no Python but the call; a reader still sees the old
+    file or the new, never half, and a failed step leaves the old files and no temp file."""
+
+    def __init__(self) -> None:
+        self.temps: list[tuple[Path, Path]] = []  # (temp file, the file it becomes)
+        self.renames: list[tuple[Path, Path]] = []
+
+    def write(self, path: Path, interactions: list[dict], as_json: bool) -> None:
+        data = {"interactions": interactions, "version": 1}
+        text = _json_text(data) if as_json else _yaml_text(data)
+        tmp = _temp_path(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            raise _write_error(exc, path) from None
+        self.temps.append((tmp, path))
+        self.renames.append((tmp, path))
+
+    def rename(self, source: Path, target: Path) -> None:
+        self.renames.append((source, target))
+
+    def sync(self) -> None:
+        """fsync every temp file; on a failure none is left."""
+        for tmp, path in self.temps:
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except BaseException as exc:
+                self.discard()
+                raise _write_error(exc, path) from None
+
+    def finish(self) -> None:
+        """The renames, in order (after `sync`)."""
+        for source, target in self.renames:
+            try:
+                os.replace(source, target)
+            except BaseException as exc:
+                self.discard()
+                raise _write_error(exc, target) from None
+
+    def commit(self) -> None:
+        self.sync()
+        self.finish()
+
+    def discard(self) -> None:
+        for tmp, _ in self.temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _write_error(exc: BaseException, path: Path) -> BaseException:
+    if isinstance(exc, OSError):
+        return CassetteWriteError(
+            exc.errno, f"{path}: cannot write the cassette: {exc.strerror or exc} "
+                       "(what was recorded before is kept: run the same command again "
+                       "once this is fixed)")
+    return exc
+
+
 def _write(path: Path, interactions: list[dict], as_json: bool) -> None:
     """Temp file + fsync + rename; the caller holds the lock. A failed write (a full disk)
     leaves the old file and no temp file, and says which file it could not write."""
-    data = {"interactions": interactions, "version": 1}
-    text = _json_text(data) if as_json else _yaml_text(data)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CassetteWriteError(
-                exc.errno, f"{path}: cannot write the cassette: {exc.strerror or exc} "
-                           "(what was recorded before is kept: run the same command again "
-                           "once this is fixed)") from None
-        raise
+    files = _Files()
+    files.write(path, interactions, as_json)
+    files.commit()
 
 
 # Characters JSON leaves raw that a YAML 1.1 reader would reject (not printable) or fold
