@@ -721,24 +721,23 @@ async def replay_async(
 
     workers = min(run.concurrency, max(1, len(dataset)))  # no idle worker
     tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
-    try:
-        with _fewer_collections():
+    with _fewer_collections():  # the frame of every row too: a full collection scans them all
+        try:
             await asyncio.gather(*tasks)
-    except BaseException as exc:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if log is not None and isinstance(exc, CassetteError) and not log.rows:
-            log.close(remove=True)  # a corrupt cassette is bad input: leave no journal behind
-        stop_sink(sink, run, exc)
-        raise
-    finally:
-        await run.aclose()
-        bar.close()
-        if log is not None:
-            log.close()
-    return finish_run(run, rows, folders, log, keep_journal, out, sink)
-
+        except BaseException as exc:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if log is not None and isinstance(exc, CassetteError) and not log.rows:
+                log.close(remove=True)  # a corrupt cassette is bad input: leave no journal
+            stop_sink(sink, run, exc)
+            raise
+        finally:
+            await run.aclose()
+            bar.close()
+            if log is not None:
+                log.close()
+        return finish_run(run, rows, folders, log, keep_journal, out, sink)
 
 ProviderSpec = str | Provider
 
