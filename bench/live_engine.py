@@ -11,6 +11,8 @@ child process (so CPU time and peak memory are its own): N conversations x T tur
 C: wall, the ideal wall T x L x ceil(N / C) (a conversation's turns go in order), their ratio,
 harness CPU per live turn (process CPU time), CPU per offline turn, peak RSS; then the stub's
 own CPU per call, which bounds the calls/s it can answer on its core (and so the ratio).
+`--dir /dev/shm` records on tmpfs: on this VM's disk, creating a cassette file costs 0.5 to
+1.3 ms of kernel CPU, which the stub's core pays too.
 
 With `--rate R` the server answers at most R requests a second (429 + Retry-After beyond) and
 the run uses `concurrency="auto"`: printed are achieved requests/s against R, the share of
