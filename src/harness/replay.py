@@ -786,15 +786,22 @@ def replay(dataset: Dataset | str | Path,
         from .distributed_replay import replay_on_dask
 
         return replay_on_dask(client, dataset, providers, **kwargs)
+    box: dict[str, Any] = {}
+
+    async def run() -> None:
+        # the frame is kept out of the task's result: on 3.11 asyncio.run's exit reprs its
+        # SIGINT handler, and with it the task and its result (a DataFrame: ~20 ms of repr)
+        box["value"] = await replay_async(dataset, providers, **kwargs)
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(replay_async(dataset, providers, **kwargs))
-    box: dict[str, Any] = {}
+        asyncio.run(run())
+        return box["value"]
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(replay_async(dataset, providers, **kwargs))
+            asyncio.run(run())
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
