@@ -739,6 +739,7 @@ async def replay_async(
                 log.close()
         return finish_run(run, rows, folders, log, keep_journal, out, sink)
 
+
 ProviderSpec = str | Provider
 
 
