@@ -278,11 +278,16 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(stub, small_dataset, 
                progress=False, on_row=lambda row: during.append(gc.get_threshold()))
         assert during and all(t[0] > 1234 and t[1:] == (7, 9) for t in during)
         assert gc.get_threshold() == (1234, 7, 9) and gc.get_freeze_count() == 0
+
         def stop(row):
             raise RuntimeError("stopped by on_row")
 
         with pytest.raises(RuntimeError, match="stopped by on_row"):  # one that fails too
             replay(small_dataset, provider, cassette_dir=tmp_path, progress=False, on_row=stop)
         assert gc.get_threshold() == (1234, 7, 9) and gc.get_freeze_count() == 0
+        gc.freeze()  # the caller's own frozen objects stay frozen (less any freed meanwhile)
+        replay(small_dataset, provider, cassette_dir=tmp_path, progress=False)
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == (1234, 7, 9)
     finally:
+        gc.unfreeze()
         gc.set_threshold(*before)

@@ -103,7 +103,8 @@ def _retry_after(response: httpx.Response | Answer) -> float | None:
 
 
 _gc_lock = threading.Lock()
-_gc_runs: list[tuple[int, int, int]] = []  # the thresholds before the first run still going
+_gc_runs = 0  # runs going in this process
+_gc_before: tuple[tuple[int, int, int], bool] = ((700, 10, 10), False)  # thresholds, froze
 
 
 @contextlib.contextmanager
@@ -112,22 +113,26 @@ def _fewer_collections() -> Iterator[None]:
     generation collected 30x less often; as it was once the last run going ends. With hundreds
     of conversations in flight, each holding its recordings and rows, the cyclic collector
     took a third of the engine's CPU, most of it scanning the same long-lived objects."""
+    global _gc_runs, _gc_before
     with _gc_lock:
-        if not _gc_runs:
-            before = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(max(before[0], 20_000), *before[1:])
-        else:
-            before = _gc_runs[0]
-        _gc_runs.append(before)
+        if _gc_runs == 0:
+            # a caller's own gc.freeze() is left as it is: unfreeze() would thaw its objects too
+            froze = gc.get_freeze_count() == 0
+            _gc_before = gc.get_threshold(), froze
+            if froze:
+                gc.freeze()
+            gc.set_threshold(max(_gc_before[0][0], 20_000), *_gc_before[0][1:])
+        _gc_runs += 1
     try:
         yield
     finally:
         with _gc_lock:
-            _gc_runs.pop()
-            if not _gc_runs:
-                gc.set_threshold(*before)
-                gc.unfreeze()
+            _gc_runs -= 1
+            if _gc_runs == 0:
+                thresholds, froze = _gc_before
+                gc.set_threshold(*thresholds)
+                if froze:
+                    gc.unfreeze()
 
 
 class _RateLimiter:
