@@ -723,12 +723,13 @@ class Cassette:
 
     def request_entry(self, prepared: Prepared, content: bytes) -> dict:
         """The recorded form of a POST of `content` as `prepared` (what `_request` makes of
-        its httpx Request), a lean one's headers scrubbed once per conversation."""
+        its httpx Request), a lean one's headers scrubbed once for all that share `prepared`
+        and the same secrets."""
         if not prepared.lean:
             return self._request(prepared.request(content))
         secrets = self.secrets
         headers = prepared.recorded
-        if headers is None or prepared.recorded_for is not secrets:
+        if headers is None or prepared.recorded_for != secrets:
             raw = [*prepared.raw, (b"Content-Length", b"0")]
             headers = scrub_headers(_headers_dict(httpx.Headers(raw)), secrets)
             prepared.recorded, prepared.recorded_for = headers, secrets

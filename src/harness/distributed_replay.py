@@ -49,7 +49,7 @@ from .replay import (
     scrub_row,
     stop_sink,
 )
-from .results import TurnResult
+from .results import ResultColumns, TurnResult
 
 EXTRA_HINT = "pip install 'harness[dask]'"
 BATCH_TURNS = 1000  # turns per task: a task's overhead stays far below its work
@@ -322,7 +322,7 @@ def replay_on_dask(
                          run.concurrency, run.started,
                          {p.api_key_env: k for p in run.providers
                           if p.api_key_env and (k := p.api_key())}, secrets, stream)
-    rows: list[TurnResult] = []
+    rows = ResultColumns()
     sink = result_sink(run, out)  # a .parquet out: rows streamed there, not held
     keep = sink.add if sink is not None else rows.append
     total = sum(dataset.turn_counts()) * len(run.providers)

@@ -190,6 +190,7 @@ class Run:
     match_urls: dict[str, str] = field(init=False, repr=False)
     secrets: dict[str, list[str]] = field(init=False, repr=False)
     parsers: dict[str, Callable[..., Reply]] = field(init=False, repr=False)
+    prepared: dict[str, Prepared] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # per provider, once rather than per turn: its URL as httpx sends it (so as it was
@@ -201,6 +202,10 @@ class Run:
         # a request is looked up in its cassette as it was recorded: scrubbed
         self.match_urls = {p.name: scrub_url(str(self.urls[p.name]), shared) for p in self.providers}
         self.parsers = {p.name: p.adapter.parse_response for p in self.providers}
+        # its URL and headers framed, and their recorded form scrubbed, once for the run
+        self.prepared = {p.name: Prepared(self.urls[p.name],
+                                          httpx.Headers(p.request_headers(p.api_key())))
+                         for p in self.providers}
 
     @functools.cached_property
     def client(self) -> Client:
@@ -283,9 +288,12 @@ def check_ready(run: Run, ids: Sequence[str]) -> None:
 
 def _prefix(
     conversation: Conversation, turns: list[Turn], k: int,
-    own: dict[int, Reply], history: History,
+    own: Mapping[int, AssistantMessage], history: History,
 ) -> list[Message] | int:
-    """The messages sent at turn k, or the number of an earlier turn whose failure blocks it."""
+    """The messages sent at turn k, or the number of an earlier turn whose failure blocks it.
+
+    `own` holds, by turn, the provider's replies that may go into its history: a failed
+    turn has none. Each is made once, not once for every later turn that sends it."""
     if history == "reference":
         return list(turns[k - 1].prefix)
     messages = conversation.messages
@@ -298,9 +306,9 @@ def _prefix(
             out.extend(segment)
             continue
         reply = own.get(j + 1)
-        if reply is None or reply.finish_reason == "error":
+        if reply is None:
             return j + 1
-        out.append(AssistantMessage(content=reply.text))
+        out.append(reply)
     out.append(messages[starts[k - 1]])
     return out
 
@@ -474,9 +482,8 @@ async def _replay_conversation(
     async def one_provider(provider: Provider) -> None:
         done = run.done.get((conversation.id, provider.name), {})
         cassette = run.open_cassette(provider, conversation)
-        own: dict[int, Reply] = {}
-        prepared = Prepared(run.urls[provider.name],
-                            httpx.Headers(provider.request_headers(provider.api_key())))
+        own: dict[int, AssistantMessage] = {}
+        prepared = run.prepared[provider.name]
         rows = _JournaledRows(emit) if run.journaling else None
         out = emit if rows is None else rows.add
         try:
@@ -484,8 +491,7 @@ async def _replay_conversation(
                 if turn.turn in done:  # resumed: finished before, not sent again
                     result = done[turn.turn]
                     if result.status == "ok":
-                        own[turn.turn] = Reply(text=result.response or "",
-                                               finish_reason=result.finish_reason or "other")
+                        own[turn.turn] = AssistantMessage(content=result.response or "")
                     out(result, fresh=False)
                     continue
                 row = {"conversation_id": conversation.id, "turn": turn.turn,
@@ -510,8 +516,8 @@ async def _replay_conversation(
                 result = _row(exchange, row, provider)
                 if exchange.timing is not None:
                     run.timing[exchange.timing] += 1
-                if exchange.reply is not None:
-                    own[turn.turn] = exchange.reply
+                if exchange.reply is not None and exchange.reply.finish_reason != "error":
+                    own[turn.turn] = AssistantMessage(content=exchange.reply.text)
                 if rows is None:
                     emit(result)
                 else:  # a row in the journal implies its recording is on disk
@@ -586,7 +592,8 @@ def begin_run(run: Run, journal: str | Path | None) -> tuple[results_mod.Journal
     return log, folders
 
 
-def _priced_frame(run: Run, rows: list[TurnResult], order: list[str]) -> pd.DataFrame:
+def _priced_frame(run: Run, rows: list[TurnResult] | results_mod.ResultColumns,
+                  order: list[str]) -> pd.DataFrame:
     """`rows` as the results frame, conversations in `order`, providers in the run's, priced."""
     frame = results_mod.to_frame(rows, order=order, providers=[p.name for p in run.providers])
     return add_costs(frame, {p.name: p for p in run.providers})
@@ -611,7 +618,7 @@ def result_sink(run: Run, out: str | Path | None) -> results_mod.ParquetSink | N
     return results_mod.ParquetSink(out, expected, functools.partial(_priced_frame, run))
 
 
-def finish_run(run: Run, rows: list[TurnResult], folders: list[Path],
+def finish_run(run: Run, rows: results_mod.ResultColumns, folders: list[Path],
                log: results_mod.Journal | None, keep_journal: bool, out: str | Path | None = None,
                sink: results_mod.ParquetSink | None = None) -> pd.DataFrame:
     """The results frame of a run that completed: priced, with the run's settings in
@@ -699,7 +706,7 @@ async def replay_async(
     secrets = known_secrets(run.providers)
     log, folders = begin_run(run, journal)
     limiters = gates(run.providers, run.concurrency if run.adaptive else None)
-    rows: list[TurnResult] = []
+    rows = results_mod.ResultColumns()
     sink = result_sink(run, out)
     keep = sink.add if sink is not None else rows.append
     total = sum(dataset.turn_counts()) * len(run.providers)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from . import compare, verdicts
 from .datasets import Turn, conversation_turns, load_dataset
-from .messages import Conversation, Reply
+from .messages import AssistantMessage, Conversation
 from .results import COLUMNS
 from .results import providers as provider_order
 from .significance import default_metrics, direction, win_rates
@@ -61,7 +61,7 @@ def _extra_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def _sent(conversation: Conversation, turns: list[Turn], history: str,
-          own: dict[int, Reply]) -> dict[str, Any]:
+          own: dict[int, AssistantMessage]) -> dict[str, Any]:
     """The messages sent at each turn, as one list and where each turn's prompt ends."""
     from .replay import _prefix  # the engine's own rule, so the view shows what was sent
 
@@ -91,14 +91,13 @@ def threads(results: pd.DataFrame, run: dict[str, Any]) -> dict[str, Any]:
         return {}
     history = run.get("history", "auto")
     wanted = set(_list(results["conversation_id"]))
-    replies: dict[tuple[str, str], dict[int, Reply]] = {}
+    replies: dict[tuple[str, str], dict[int, AssistantMessage]] = {}
     if history != "reference":  # the providers' own replies are part of what was sent
         ok = results[results["status"] == "ok"]
-        for cid, provider, turn, text, reason in zip(
-                *(_list(ok[c]) for c in ("conversation_id", "provider", "turn", "response",
-                                          "finish_reason")), strict=True):
-            replies.setdefault((cid, provider), {})[turn] = Reply(
-                text=text or "", finish_reason=reason or "other")
+        for cid, provider, turn, text in zip(
+                *(_list(ok[c]) for c in ("conversation_id", "provider", "turn", "response")),
+                strict=True):
+            replies.setdefault((cid, provider), {})[turn] = AssistantMessage(content=text or "")
     providers = provider_order(results)
     out: dict[str, Any] = {}
     for conversation in dataset.conversations:
