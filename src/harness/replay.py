@@ -549,10 +549,8 @@ def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
     result.http_status = http_status
     result.latency_ms = exchange.latency_ms
     result.attempts = exchange.attempts
-    if exchange.latency_ms is not None:
-        for name, value in columns(exchange.timings, exchange.latency_ms,
-                                   result.output_tokens).items():
-            setattr(result, name, value)
+    if exchange.latency_ms is not None:  # a plain dataclass: its fields are its __dict__
+        vars(result).update(columns(exchange.timings, exchange.latency_ms, result.output_tokens))
     return result
 
 
