@@ -214,7 +214,18 @@ def test_json_cassettes_round_trip_and_load_in_vcrpy(stub, small_dataset, tmp_pa
     pd.testing.assert_frame_equal(recorded, offline)
 
 
-def test_results_have_the_documented_dtypes_whether_rows_are_typed_or_loose():
+def _columns(rows):
+    from harness.results import ResultColumns
+
+    held = ResultColumns()
+    for row in rows:
+        held.append(row)
+    return held
+
+
+@pytest.mark.parametrize("held", [list, _columns], ids=["rows", "columns"])
+def test_results_have_the_documented_dtypes_whether_rows_are_typed_or_loose(held):
+    """Rows given as TurnResults, or held as columns as a run holds them, give one frame."""
     from harness.results import COLUMNS, DTYPES, TurnResult, to_frame
 
     typed = TurnResult("c1", 1, "p", response="hi", input_tokens=3, latency_ms=12.5,
@@ -222,14 +233,15 @@ def test_results_have_the_documented_dtypes_whether_rows_are_typed_or_loose():
     # as a journal read back from JSON gives them: 4.0 tokens, a whole-number latency
     loose = TurnResult("c0", 2, "p", response="yo", input_tokens=4.0, latency_ms=7, attempts=1)
     for rows in ([typed], [typed, loose], []):
-        frame = to_frame(rows, order=["c0", "c1"])
+        frame = to_frame(held(rows), order=["c0", "c1"])
         assert list(frame.columns) == list(COLUMNS)
         assert {c: str(frame[c].dtype) for c in COLUMNS} == DTYPES
     assert frame.empty
-    frame = to_frame([typed, loose], order=["c0", "c1"])
+    frame = to_frame(held([typed, loose]), order=["c0", "c1"])
     assert list(frame["conversation_id"]) == ["c0", "c1"]
     assert list(frame["input_tokens"]) == [4, 3] and list(frame["latency_ms"]) == [7.0, 12.5]
     assert frame["http_status"].isna().tolist() == [True, False]
+    assert list(frame["response"]) == ["yo", "hi"]
 
 
 def test_a_journaled_run_emits_each_conversation_in_turn_order_and_stops_on_an_on_row_error(
