@@ -34,10 +34,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import orjson
-
 from harness.messages import Tool, ToolCall
 from harness.providers import protocol_module
+from harness.providers._common import load_json
 
 FAULTS = ("429", "500", "drop", "stall", "truncated", "bad_json")
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
@@ -448,14 +447,6 @@ def serve(port: int = 8099, fault_rate: float = 0.0, seed: int = 0, delay: float
     return 0
 
 
-def _loads(raw: bytes) -> Any:
-    """json.loads, by orjson where it can (the same values, several times faster)."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:  # NaN, integers past 64 bits: what only json reads
-        return json.loads(raw)
-
-
 def answer(path: str, raw: bytes) -> tuple[int, bytes, str]:
     """(status, body, content type) of the stub's fault-free answer to a POST of `raw`."""
     route = _route(path)
@@ -463,7 +454,7 @@ def answer(path: str, raw: bytes) -> tuple[int, bytes, str]:
         return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode(), \
             "application/json"
     try:
-        body = _loads(raw)
+        body = load_json(raw)  # orjson where it can, json for NaN and big integers
     except ValueError:
         return 400, b'{"error": {"message": "request body is not JSON"}}', "application/json"
     error, payload, protocol, streamed = _respond(path, route, body)
