@@ -11,6 +11,8 @@ child process (so CPU time and peak memory are its own): N conversations x T tur
 C: wall, the ideal wall T x L x ceil(N / C) (a conversation's turns go in order), their ratio,
 harness CPU per live turn (process CPU time), CPU per offline turn, peak RSS; then the stub's
 own CPU per call, which bounds the calls/s it can answer on its core (and so the ratio).
+Next to each C, `raw`: the same calls from a bare asyncio client that records and keeps
+nothing, its ratio and CPU per turn: the least any engine needs against this stub here.
 `--dir /dev/shm` records on tmpfs: on this VM's disk, creating a cassette file costs 0.5 to
 1.3 ms of kernel CPU, which the stub's core pays too.
 
@@ -91,6 +93,45 @@ def child(args: argparse.Namespace) -> None:
     }))
 
 
+def raw_child(args: argparse.Namespace) -> None:
+    """The baseline: the same calls from a bare asyncio client (one keep-alive connection per
+    worker, json in and out, nothing recorded or kept). What it cannot reach, no engine can
+    on this machine; prints its figures as one JSON line."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    address = urlsplit(args.url)
+    queue = list(range(args.conversations))[::-1]
+    done = [0]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        while queue:
+            c, messages = queue.pop(), []
+            for t in range(1, args.turns + 1):
+                messages.append({"role": "user",
+                                 "content": f"Conversation {c}, question {t}: what is {c} plus {t}?"})
+                body = json.dumps({"model": "stub-gpt", "max_tokens": 40,
+                                   "messages": messages}).encode()
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (address.netloc.encode(), len(body), body))
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+                reply = json.loads(await reader.readexactly(length))
+                messages.append(reply["choices"][0]["message"])
+                done[0] += 1
+        writer.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(worker() for _ in range(min(int(args.one), args.conversations))))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    asyncio.run(run())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"wall": wall, "cpu_turn_ms": cpu / done[0] * 1000, "turns": done[0]}))
+
+
 def start_stub(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "harness", "serve-stub", "--asyncio", "--port", "0",
                "--latency-ms", str(args.latency_ms), "--jitter-ms", str(args.jitter_ms)]
@@ -101,10 +142,11 @@ def start_stub(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[3]
 
 
-def run_one(args: argparse.Namespace, url: str, concurrency: str) -> dict:
+def run_one(args: argparse.Namespace, url: str, concurrency: str, raw: bool = False) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", concurrency, "--url", url,
                "--conversations", str(args.conversations), "--turns", str(args.turns),
                "--client", args.client] + (["--dir", args.dir] if args.dir else [])
+    command += ["--raw"] if raw else []
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -133,10 +175,11 @@ def main() -> None:
     parser.add_argument("--dir", help="record the cassettes under this folder (default: the "
                                       "system's temp folder); /dev/shm leaves the disk out")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return child(args)
+        return raw_child(args) if args.raw else child(args)
     stub, url = start_stub(args)
     try:
         n, t, latency = args.conversations, args.turns, args.latency_ms / 1000
@@ -153,17 +196,21 @@ def main() -> None:
                   f"errors {r['errors']}, turns {r['turns']}/{r['expected']}, "
                   f"duplicates {r['duplicates']}")
             return
-        print(f"{'C':>5} {'wall s':>8} {'ideal s':>8} {'ratio':>6} {'CPU/turn ms':>11} "
-              f"{'offline/turn ms':>15} {'peak MB':>8} {'ok':>11}")
+        print(f"{'C':>5} {'wall s':>7} {'ideal s':>7} {'ratio':>6} {'CPU/turn':>8} "
+              f"{'offline':>7} {'peak MB':>7} {'ok':>9} {'raw':>6} {'raw CPU':>7}")
         stub_cpu, calls = _cpu_seconds(stub.pid), 0
         for c in args.concurrency.split(","):
             r = run_one(args, url, c)
-            calls += r["turns"] + r["refused"]
+            raw = run_one(args, url, c, raw=True)
+            calls += r["turns"] + r["refused"] + raw["turns"]
             ideal = t * latency * math.ceil(n / int(c))
             ok = f"{r['turns'] - r['errors']}/{r['expected']}"
-            print(f"{c:>5} {r['wall']:>8.2f} {ideal:>8.2f} {r['wall'] / ideal:>5.2f}x "
-                  f"{r['cpu_turn_ms']:>11.3f} {r['offline_turn_ms']:>15.3f} "
-                  f"{r['peak_mb']:>8.0f} {ok:>11}", flush=True)
+            print(f"{c:>5} {r['wall']:>7.2f} {ideal:>7.2f} {r['wall'] / ideal:>5.2f}x "
+                  f"{r['cpu_turn_ms']:>8.3f} {r['offline_turn_ms']:>7.3f} "
+                  f"{r['peak_mb']:>7.0f} {ok:>9} {raw['wall'] / ideal:>5.2f}x "
+                  f"{raw['cpu_turn_ms']:>7.3f}", flush=True)
+        print("CPU per turn in ms; raw: the same calls from a bare asyncio client that records "
+              "and keeps nothing (the least any engine needs here)")
         if stub_cpu is not None and calls:
             per_call = (_cpu_seconds(stub.pid) - stub_cpu) / calls
             print(f"stub CPU per call {per_call * 1000:.3f} ms: it answers at most "

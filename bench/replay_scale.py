@@ -25,7 +25,11 @@ or caches:
   fastest of `--repeat` runs (the floor is the fastest of 3);
 - vcrpy: the same requests through stock vcrpy (body matching) from the one big cassette,
   stopped at `--cap` seconds;
-- floor: `json.loads` of the same response bodies, the least any replay has to do.
+- floor: `json.loads` of the same response bodies, the least any replay has to do;
+- minimal: the least a Python replay of these cassettes does (`measure_minimal`: read and
+  parse each cassette, encode and match each request body, parse each response into a few
+  columns, one DataFrame), fastest of `--repeat`: a second baseline, which shows how much of
+  the ratio to the floor is the format's and how much is harness's.
 
 Nothing is asserted: targets are printed next to what was measured.
 """
@@ -345,6 +349,44 @@ def measure_floor(folder: Path, n_turns: int) -> dict:
     return {"seconds": best, "cpu_s": best_cpu, "rows": len(bodies), "peak_mb": peak_mb()}
 
 
+def measure_minimal(folder: Path, n_turns: int, fmt: str) -> dict:
+    """The least a Python replay of these cassettes does, as a second baseline: per
+    conversation, read and parse its cassette (orjson); per turn, build and encode the
+    request body as harness sends it and check it against the recording, parse the response
+    and keep its text, finish reason, usage and latency in columns; then one DataFrame. No
+    history, error rows, retries, timings, costs or dtypes: what harness adds is the rest."""
+    import pandas as pd
+
+    dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
+    root, serializer = cassette_root(folder, fmt)
+    encoder = json.JSONEncoder(ensure_ascii=False)
+    started, cpu = time.perf_counter(), time.process_time()
+    columns: dict[str, list] = {name: [] for name in (
+        "conversation_id", "turn", "response", "finish_reason", "input_tokens",
+        "output_tokens", "latency_ms")}
+    (ids, turns, texts, finishes, inputs, outputs, latencies) = columns.values()
+    for conversation in dataset.conversations:
+        path = cassette_path(root, dataset.name, PROVIDER.name, conversation.id, serializer)
+        recorded = orjson.loads(path.read_bytes())["interactions"]
+        for turn, interaction in zip(conversation_turns(conversation), recorded, strict=True):
+            body = encoder.encode(PROVIDER.build_body(list(turn.prefix), PARAMS)).encode()
+            if interaction["request"]["body"].encode() != body:
+                raise SystemExit(f"{path}: turn {turn.turn} does not match its recording")
+            response = interaction["response"]
+            reply = orjson.loads(response["body"]["string"])
+            choice, usage = reply["choices"][0], reply["usage"]
+            ids.append(conversation.id)
+            turns.append(turn.turn)
+            texts.append(choice["message"]["content"])
+            finishes.append(choice["finish_reason"])
+            inputs.append(usage["prompt_tokens"])
+            outputs.append(usage["completion_tokens"])
+            latencies.append(float(response["headers"][LATENCY_HEADER][0]))
+    frame = pd.DataFrame(columns)
+    return {"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+            "rows": len(frame), "peak_mb": peak_mb()}
+
+
 def measure_vcrpy(folder: Path, n_turns: int) -> dict:
     """Stock vcrpy, one cassette, match on method+host+path+body; prints progress as it goes."""
     import httpx
@@ -551,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
         folder, size = Path(folder), int(size)
         result = {"harness": lambda: measure_harness(folder, size, rest[0]),
                   "floor": lambda: measure_floor(folder, size),
+                  "minimal": lambda: measure_minimal(folder, size, rest[0]),
                   "vcrpy": lambda: measure_vcrpy(folder, size),
                   "dask": lambda: measure_dask(folder, size, rest[0], int(rest[1]))}[kind]()
         print(json.dumps(result), flush=True)
@@ -574,6 +617,11 @@ def main(argv: list[str] | None = None) -> None:
                 marker.touch()
                 print(f"{size:>7} turns: generated in {seconds:.1f} s", flush=True)
             results[("floor", size)] = run_measurement(["floor", str(folder), str(size)], None)
+            plain = [f for f in formats if f != "vcrpy-yaml"]
+            if plain:  # the least a Python replay does: the reach of any target on this machine
+                results[("minimal", size)] = min(
+                    (run_measurement(["minimal", str(folder), str(size), plain[0]], None)
+                     for _ in range(max(1, args.repeat))), key=lambda r: r["seconds"])
             for fmt in formats:
                 repeat = 1 if fmt == "vcrpy-yaml" else max(1, args.repeat)
                 r = min((run_measurement(["harness", str(folder), str(size), fmt], None)
@@ -606,7 +654,7 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
     for size in sizes:
         floor = results.get(("floor", size))
         vc = results.get(("vcrpy", size))
-        for what in ["floor", *(f"harness {f}" for f in formats), "vcrpy"]:
+        for what in ["floor", "minimal", *(f"harness {f}" for f in formats), "vcrpy"]:
             r = results.get((what, size))
             if r is None:
                 continue
@@ -664,6 +712,10 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
             continue
         line = "; ".join(f"{text} {'ok' if good else 'MISSED'}" for text, good in checks)
         print(f"harness {f} at {biggest} turns: {line}")
+        minimal = results.get(("minimal", biggest))
+        if minimal:
+            print(f"  the minimal replay: {minimal['seconds'] / floor['seconds']:.1f}x the json "
+                  f"floor; harness {f} is {r['seconds'] / minimal['seconds']:.1f}x it")
 
 
 if __name__ == "__main__":
