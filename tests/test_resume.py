@@ -59,7 +59,7 @@ sys.exit(main(sys.argv[2:]))
 KILL_POINTS = {
     "during a turn (answer received, not recorded)": "harness.cassettes:Cassette.record:5:before",
     "between a cassette save and its journal row": "harness.results:Journal.append:5:before",
-    "during a cassette write (0-byte temp file)": "harness.cassettes:open:4:after",
+    "during a cassette write (0-byte temp file)": "harness.cassettes:os.write:4:before",
     "during a cassette write (temp file written, not renamed)": "harness.cassettes:os.fsync:6:after",
     "before a rename (temp to partial, or partial to cassette)":
         "harness.cassettes:os.replace:7:before",

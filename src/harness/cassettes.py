@@ -990,40 +990,48 @@ class _Files:
     `commit` has fsynced every temp file, renamed into place in the order asked. A batch of
     saves writes all of its files first and fsyncs them together (`CassetteSaver`), so the
     threads that overlap the fsyncs run no Python but the call; a reader still sees the old
-    file or the new, never half, and a failed step leaves the old files and no temp file."""
+    file or the new, never half, and a failed step leaves the old files and no temp file.
+
+    A temp file stays open from its write to its fsync: bytes through `os.write`, not a text
+    file object, which cost five more system calls a save (each one a hand-over of the GIL
+    between the saver thread and the event loop's)."""
 
     def __init__(self) -> None:
-        self.temps: list[tuple[Path, Path]] = []  # (temp file, the file it becomes)
+        self.temps: list[tuple[Path, Path, int]] = []  # (temp file, the file it becomes, fd)
         self.renames: list[tuple[Path, Path]] = []
 
     def write(self, path: Path, interactions: list[dict], as_json: bool) -> None:
         data = {"interactions": interactions, "version": 1}
-        text = _json_text(data) if as_json else _yaml_text(data)
+        content = (_json_text(data) if as_json else _yaml_text(data)).encode("utf-8")
         tmp = _temp_path(path)
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o666)
         except BaseException as exc:
+            raise _write_error(exc, path) from None
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException as exc:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
             raise _write_error(exc, path) from None
-        self.temps.append((tmp, path))
+        self.temps.append((tmp, path, fd))
         self.renames.append((tmp, path))
 
     def rename(self, source: Path, target: Path) -> None:
         self.renames.append((source, target))
 
     def sync(self) -> None:
-        """fsync every temp file; on a failure none is left."""
-        for tmp, path in self.temps:
+        """fsync and close every temp file; on a failure none is left."""
+        for i, (_, path, fd) in enumerate(self.temps):
             try:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                os.fsync(fd)
             except BaseException as exc:
                 self.discard()
                 raise _write_error(exc, path) from None
+            os.close(fd)
+            self.temps[i] = (self.temps[i][0], path, -1)
 
     def finish(self) -> None:
         """The renames, in order (after `sync`)."""
@@ -1039,8 +1047,14 @@ class _Files:
         self.finish()
 
     def discard(self) -> None:
-        for tmp, _ in self.temps:
+        for tmp, _, fd in self.temps:
+            if fd >= 0:
+                os.close(fd)
             tmp.unlink(missing_ok=True)
+        self.temps = [(tmp, path, -1) for tmp, path, _ in self.temps]
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _write_error(exc: BaseException, path: Path) -> BaseException:
