@@ -1005,7 +1005,7 @@ class _Files:
         content = (_json_text(data) if as_json else _yaml_text(data)).encode("utf-8")
         tmp = _temp_path(path)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o666)
+            fd = os.open(tmp, _WRITE_FLAGS, 0o666)
         except BaseException as exc:
             raise _write_error(exc, path) from None
         try:
@@ -1054,7 +1054,8 @@ class _Files:
         self.temps = [(tmp, path, -1) for tmp, path, _ in self.temps]
 
 
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_WRITE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+                | getattr(os, "O_BINARY", 0))
 
 
 def _write_error(exc: BaseException, path: Path) -> BaseException:
