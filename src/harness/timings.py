@@ -90,20 +90,21 @@ async def send_streamed(client: Client | httpx.AsyncClient, request: httpx.Reque
     return response, b"".join(parts), Timings(ttfb, first, content, last, end)
 
 
+_NOT_STREAMED = Timings()  # frozen: one serves every turn that was not a stream
+
+
 def columns(timings: Timings | None, latency_ms: float | None,
             output_tokens: int | None) -> dict[str, float | None]:
     """The latency columns of a row: `e2e_ms` (= latency_ms), `ttfb_ms`, `ttft_ms`, `ttfc_ms`,
     `itl_ms` = (last - first output) / (output_tokens - 1), `output_tokens_per_s` =
     output_tokens / e2e. Token counts are the provider's (a stream's usage event), never a
     count of chunks."""
+    t = timings or _NOT_STREAMED  # the usual case: shared, not a Timings made per turn
+    itl = None
+    if t.ttft is not None and t.last is not None and output_tokens is not None and output_tokens > 1:
+        itl = round((t.last - t.ttft) / (output_tokens - 1), 3)
     rate = None
     if latency_ms and output_tokens is not None and latency_ms > 0:
         rate = round(output_tokens / (latency_ms / 1000), 3)
-    if timings is None:  # not a stream: the usual case
-        return {"e2e_ms": latency_ms, "ttfb_ms": None, "ttft_ms": None, "ttfc_ms": None,
-                "itl_ms": None, "output_tokens_per_s": rate}
-    t, itl = timings, None
-    if t.ttft is not None and t.last is not None and output_tokens is not None and output_tokens > 1:
-        itl = round((t.last - t.ttft) / (output_tokens - 1), 3)
     return {"e2e_ms": latency_ms, "ttfb_ms": t.ttfb, "ttft_ms": t.ttft, "ttfc_ms": t.ttfc,
             "itl_ms": itl, "output_tokens_per_s": rate}
