@@ -101,16 +101,16 @@ def raw_child(args: argparse.Namespace) -> None:
     from urllib.parse import urlsplit
 
     address = urlsplit(args.url)
-    queue = list(range(args.conversations))[::-1]
+    queue = [[m.content for m in c.messages]  # the prompts the engine's run sends
+             for c in dataset(args.conversations, args.turns).conversations][::-1]
     done = [0]
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection(address.hostname, address.port)
         while queue:
-            c, messages = queue.pop(), []
-            for t in range(1, args.turns + 1):
-                messages.append({"role": "user",
-                                 "content": f"Conversation {c}, question {t}: what is {c} plus {t}?"})
+            prompts, messages = queue.pop(), []
+            for prompt in prompts:
+                messages.append({"role": "user", "content": prompt})
                 body = json.dumps({"model": "stub-gpt", "max_tokens": 40,
                                    "messages": messages}).encode()
                 writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: "

@@ -1024,14 +1024,14 @@ class _Files:
 
     def sync(self) -> None:
         """fsync and close every temp file; on a failure none is left."""
-        for i, (_, path, fd) in enumerate(self.temps):
+        for i, (tmp, path, fd) in enumerate(self.temps):
             try:
                 os.fsync(fd)
             except BaseException as exc:
                 self.discard()
                 raise _write_error(exc, path) from None
             os.close(fd)
-            self.temps[i] = (self.temps[i][0], path, -1)
+            self.temps[i] = (tmp, path, -1)  # closed: `discard` must not close it again
 
     def finish(self) -> None:
         """The renames, in order (after `sync`)."""
