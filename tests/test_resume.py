@@ -340,6 +340,43 @@ def test_two_processes_recording_into_one_folder_lose_nothing(project, tmp_path,
         FilesystemPersister.load_cassette(str(path), yamlserializer)
 
 
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_saves_turn_by_turn_keep_what_another_writer_added_between_them(tmp_path, suffix):
+    """A cassette saved after each turn writes what one save of it all would; and where
+    another process wrote into the same partial file between two saves, the next save
+    keeps that process's interactions too."""
+    import httpx
+
+    def record(cassette: cassettes.Cassette, n: int) -> None:
+        request = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions",
+                                content=json.dumps({"turn": n}).encode())
+        cassette.record(request, httpx.Response(200, content=b'{"n": %d}' % n), 1.0)
+
+    at_once = cassettes.Cassette.open(tmp_path / f"at-once{suffix}", "all", since=0)
+    for n in range(4):
+        record(at_once, n)
+    at_once.save()
+    turn_by_turn = cassettes.Cassette.open(tmp_path / f"by-turn{suffix}", "all", since=0)
+    for n in range(4):
+        record(turn_by_turn, n)
+        turn_by_turn.save(finished=n == 3)
+    assert (tmp_path / f"by-turn{suffix}").read_bytes() == at_once.path.read_bytes()
+
+    path = tmp_path / f"shared{suffix}"
+    mine = cassettes.Cassette.open(path, "all", since=0)
+    record(mine, 0)
+    mine.save(finished=False)
+    other = cassettes.Cassette.open(path, "all", since=0)  # another process, the same file
+    record(other, 10)
+    other.save(finished=False)
+    record(mine, 1)
+    mine.save(finished=False)
+    record(mine, 2)
+    mine.save()
+    bodies = [json.loads(i.request_body) for i in cassettes.read_cassette(path)]
+    assert bodies == [{"turn": 0}, {"turn": 10}, {"turn": 1}, {"turn": 2}]
+
+
 def test_a_journal_line_cut_short_is_dropped_and_later_rows_are_kept(tmp_path):
     from harness.results import Journal, TurnResult
 

@@ -297,13 +297,24 @@ def _load_raw(path: Path, missing_ok: bool = False, as_json: bool | None = None
     With `missing_ok`, None when there is no such file. `as_json` overrides the format the
     file's suffix says (a partial file has the format of its cassette).
     """
+    if missing_ok:
+        raw = _read_or_none(path)
+        return None if raw is None else parse_interactions(path, raw, as_json)
     try:
         raw = _read_bytes(path)
     except OSError as exc:
-        if missing_ok and isinstance(exc, FileNotFoundError):
-            return None
         raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_interactions(path, raw, as_json)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    """The file's bytes, None if there is none, or one CassetteError line."""
+    try:
+        return _read_bytes(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -639,6 +650,9 @@ class Cassette:
     _first_unplayed: int = 0
     _by_key: dict[bytes, deque[int]] | None = None
     _recorded: list[dict] = field(default_factory=list)  # not saved yet
+    # what this cassette last wrote to its partial file: the bytes, the interactions and
+    # their text; a next save that finds the same bytes there neither parses nor renders them
+    _partial: tuple[bytes, list[dict], list[str]] | None = field(default=None, repr=False)
     # mode `all` replaces a cassette written before this time (the run's start); one written
     # since then is this run's (another process's, or a stopped run's it continues)
     since: float = 0.0
@@ -822,20 +836,33 @@ class Cassette:
             wrote_partial = False
             if recorded:
                 as_json = self.path.suffix == ".json"
-                raws = _load_raw(partial, missing_ok=True, as_json=as_json)
+                raws, known = self._read_partial(partial, as_json)
                 if raws is None and finished:  # no unfinished recording: straight to the cassette
                     staged.write(self.path, self._on_disk() + recorded, as_json)
                     finished = False
                 else:
-                    staged.write(partial, (self._on_disk() if raws is None else raws) + recorded,
-                                 as_json)
+                    raws = (self._on_disk() if raws is None else raws) + recorded
+                    content, pieces = staged.write(partial, raws, as_json, known)
+                    self._partial = None if pieces is None else (content, raws, pieces)
                     wrote_partial = True
             if finished:  # a killed writer's temp file of the cassette: no one else replaces it
+                self._partial = None
                 _temp_path(self.path).unlink(missing_ok=True)
                 if wrote_partial or partial.exists():
                     staged.rename(partial, self.path)
             if files is None:
                 staged.commit()
+
+    def _read_partial(self, partial: Path, as_json: bool) -> tuple[list[dict] | None, list[str]]:
+        """The partial file's interactions (None: there is none) and the text of those this
+        cassette wrote there itself, if the file still holds just what it wrote (compared
+        byte for byte: another process may have written it since)."""
+        raw = _read_or_none(partial)
+        if raw is None:
+            return None, []
+        if self._partial is not None and self._partial[0] == raw:
+            return self._partial[1], self._partial[2]
+        return parse_interactions(partial, raw, as_json), []
 
     def _on_disk(self) -> list[dict]:
         """What the cassette holds now (no unfinished recording is left), unless this is
@@ -1000,9 +1027,15 @@ class _Files:
         self.temps: list[tuple[Path, Path, int]] = []  # (temp file, the file it becomes, fd)
         self.renames: list[tuple[Path, Path]] = []
 
-    def write(self, path: Path, interactions: list[dict], as_json: bool) -> None:
+    def write(self, path: Path, interactions: list[dict], as_json: bool,
+              known: list[str] | tuple = ()) -> tuple[bytes, list[str] | None]:
+        """Stage `interactions` as the cassette `path`; `known`: the text of the first of them
+        as an earlier write gave it. The bytes staged, and the text of each interaction
+        (None where they are not only plain JSON), for a next write of them and more."""
         data = {"interactions": interactions, "version": 1}
-        content = (_json_text(data) if as_json else _yaml_text(data)).encode("utf-8")
+        pieces = _interaction_texts(interactions, known)
+        fast = None if pieces is None else _joined(pieces)
+        content = (_json_text(data, fast) if as_json else _yaml_text(data, fast)).encode("utf-8")
         tmp = _temp_path(path)
         try:
             fd = os.open(tmp, _WRITE_FLAGS, 0o666)
@@ -1018,6 +1051,7 @@ class _Files:
             raise _write_error(exc, path) from None
         self.temps.append((tmp, path, fd))
         self.renames.append((tmp, path))
+        return content, pieces
 
     def rename(self, source: Path, target: Path) -> None:
         self.renames.append((source, target))
@@ -1083,9 +1117,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON escapes them; libyaml refuses
 _ONE_STRING_LIST = re.compile(r'\[\n\s*("(?:[^"\\]|\\.)*")\n\s*\]')
 
 
-def _json_text(data: dict) -> str:
-    """Indented JSON, header values on one line: readable in a diff."""
-    text = _fast_json_text(data)
+def _json_text(data: dict, fast: str | None) -> str:
+    """Indented JSON, header values on one line: readable in a diff. `fast`: that text as
+    orjson wrote it (`_joined`), None for data that is not plain."""
+    text = fast
     if text is None:
         text = _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
     return text
@@ -1095,15 +1130,26 @@ class _NotPlain(Exception):
     """A value orjson would write otherwise than json (a float: 1e-5 for 1e-05)."""
 
 
-def _fast_json_text(data: dict) -> str | None:
-    """What `_json_text` writes, byte for byte, written by orjson (~20x faster: a save per
-    conversation) with each one-string list handed to it already on one line; None for data
-    that is not only dicts, lists, strings, ints and None, or that orjson refuses (a lone
-    surrogate, an int past 64 bits, a key that is not a string)."""
+def _interaction_texts(interactions: list[dict], known: list[str] | tuple) -> list[str] | None:
+    """Each interaction's text in its cassette as `_json_text` writes it, by orjson (~20x
+    faster than json) with each one-string list handed to it already on one line; the
+    first `len(known)` taken from `known`. None if one is not only dicts, lists, strings,
+    ints and None, or orjson refuses it (a lone surrogate, an int past 64 bits, a key that
+    is not a string). A conversation's cassette is saved after every turn: each save renders
+    only the new interactions, where walking every header of every one again took most of it."""
     try:
-        return orjson.dumps(_one_line_lists(data), option=orjson.OPT_INDENT_2).decode("utf-8")
+        return [*known, *(orjson.dumps(_one_line_lists(raw), option=orjson.OPT_INDENT_2)
+                          .decode("utf-8").replace("\n", "\n    ")  # strings hold no raw \n
+                          for raw in interactions[len(known):])]
     except (_NotPlain, orjson.JSONEncodeError, TypeError):
         return None
+
+
+def _joined(pieces: list[str]) -> str:
+    """The text of a cassette whose interactions have these texts (`_interaction_texts`)."""
+    if not pieces:
+        return '{\n  "interactions": [],\n  "version": 1\n}'
+    return '{\n  "interactions": [\n    ' + ",\n    ".join(pieces) + '\n  ],\n  "version": 1\n}'
 
 
 def _one_line_lists(value: Any) -> Any:
@@ -1120,7 +1166,7 @@ def _one_line_lists(value: Any) -> Any:
     raise _NotPlain
 
 
-def _yaml_text(data: dict) -> str:
+def _yaml_text(data: dict, fast: str | None) -> str:
     """A cassette as YAML in flow style that is also JSON.
 
     vcrpy and pytest-recording read it as any YAML; harness reads it as JSON, with a
@@ -1128,9 +1174,9 @@ def _yaml_text(data: dict) -> str:
     (a float: `1e-05` is a string to YAML; a binary body) is written in block style, as
     vcrpy does.
     """
-    text = _fast_json_text(data)  # None: not known to be plain yet
+    text = fast  # None: not known to be plain yet
     if text is None and _json_is_yaml(data):
-        text = _json_text(data)
+        text = _json_text(data, None)
     if text is not None and not _SURROGATE.search(text):
         return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return yaml.dump(data, Dumper=_Dumper, allow_unicode=True, width=100)
