@@ -939,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
     p.add_argument("--chunk-delay", type=float, default=0.0, metavar="SECONDS",
-                   help="seconds between the events of a streamed answer")
+                   help="seconds before each event of a streamed answer")
     p.add_argument("--asyncio", action="store_true",
                    help="serve on asyncio with keep-alive (for load; no --fault-rate)")
     p.add_argument("--latency-ms", type=float, default=0.0, metavar="MS",

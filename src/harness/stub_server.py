@@ -8,9 +8,10 @@ name the last user message holds, else of the first tool, with each required par
 to a placeholder of its type ("stub", 1, true, [], {}); after a tool result it answers text.
 Gemini is served at `/v1beta/models/{model}:generateContent` and, as SSE,
 `:streamGenerateContent?alt=sse`; a request with `stream: true` gets its protocol's stream
-(one event a word, `chunk_delay` seconds apart). With `fault_rate` it also misbehaves on a seeded
-share of requests (429 with Retry-After, 500, a dropped connection, a stall past the client's
-timeout, a body cut short, invalid JSON), the way real APIs do.
+(one event a word, each `chunk_delay` seconds after the one before it or the headers). With
+`fault_rate` it also misbehaves on a seeded share of requests (429 with Retry-After, 500, a
+dropped connection, a stall past the client's timeout, a body cut short, invalid JSON), the
+way real APIs do.
 
     python -m harness serve-stub --port 8099
 """
@@ -333,15 +334,16 @@ class StubServer:
 
             def _send_stream(self, chunks: list[bytes], content_type: str,
                              headers: dict[str, str]) -> None:
-                """Chunked transfer, `chunk_delay` between events: a paced stream."""
+                """Chunked transfer, `chunk_delay` before each event, the first too: a
+                provider's first token comes after its headers, not in their packet."""
                 self.send_response(200)
                 self.send_header("content-type", content_type)
                 self.send_header("transfer-encoding", "chunked")
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                for n, chunk in enumerate(chunks):
-                    if n and server.chunk_delay:
+                for chunk in chunks:
+                    if server.chunk_delay:
                         time.sleep(server.chunk_delay)
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.wfile.flush()
