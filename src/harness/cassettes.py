@@ -27,6 +27,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import gzip
 import hashlib
@@ -297,13 +298,11 @@ def _load_raw(path: Path, missing_ok: bool = False, as_json: bool | None = None
     With `missing_ok`, None when there is no such file. `as_json` overrides the format the
     file's suffix says (a partial file has the format of its cassette).
     """
-    if missing_ok:
-        raw = _read_or_none(path)
-        return None if raw is None else parse_interactions(path, raw, as_json)
-    try:
-        raw = _read_bytes(path)
-    except OSError as exc:
-        raise CassetteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    raw = _read_or_none(path)
+    if raw is None:
+        if missing_ok:
+            return None
+        raise CassetteError(f"{path}: cannot read: {os.strerror(errno.ENOENT)}")
     return parse_interactions(path, raw, as_json)
 
 
@@ -1120,10 +1119,9 @@ _ONE_STRING_LIST = re.compile(r'\[\n\s*("(?:[^"\\]|\\.)*")\n\s*\]')
 def _json_text(data: dict, fast: str | None) -> str:
     """Indented JSON, header values on one line: readable in a diff. `fast`: that text as
     orjson wrote it (`_joined`), None for data that is not plain."""
-    text = fast
-    if text is None:
-        text = _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
-    return text
+    if fast is not None:
+        return fast
+    return _ONE_STRING_LIST.sub(r"[\1]", json.dumps(data, indent=2, ensure_ascii=False))
 
 
 class _NotPlain(Exception):
