@@ -303,3 +303,25 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(stub, small_dataset, 
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_failed_last_save_stops_a_run_with_no_journal(stub, tmp_path, monkeypatch):
+    """A conversation's worker goes on while its last save is on the way to the disk: a save
+    that fails still stops the run, with its one-line error, before the dataset is sent."""
+    import errno
+    import os
+
+    from harness import cassettes
+    from harness.datasets import from_records
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    data = from_records([{"id": f"c{c}", "messages": [{"role": "user", "content": f"q{c}"}]}
+                         for c in range(200)], name="full")
+    monkeypatch.setattr(cassettes.os, "fsync", full)
+    with pytest.raises(cassettes.CassetteWriteError, match="No space left on device"):
+        replay(data, stub_providers(stub.base_url)[:1], record_mode="all",
+               cassette_dir=tmp_path, concurrency=2, progress=False)
+    assert 0 < len(stub.requests) < len(data)
+    assert not list(tmp_path.rglob("*.yaml"))  # no cassette claims to be complete

@@ -197,6 +197,9 @@ class _WorkerRun(Run):
     async def save(self, cassette: Cassette, finished: bool) -> None:
         cassette.save(finished=finished)  # kept in memory, shipped back to the driver
 
+    def finish_soon(self, cassette: Cassette, rows: object) -> None:
+        cassette.save(finished=True)  # now: the batch ships what the cassette holds
+
     def save_soon(self, cassette: Cassette) -> None:
         cassette.save(finished=False)
 

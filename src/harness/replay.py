@@ -191,6 +191,8 @@ class Run:
     secrets: dict[str, list[str]] = field(init=False, repr=False)
     parsers: dict[str, Callable[..., Reply]] = field(init=False, repr=False)
     prepared: dict[str, Prepared] = field(init=False, repr=False)
+    finishing: set[asyncio.Task] = field(default_factory=set, init=False, repr=False)
+    failure: BaseException | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # per provider, once rather than per turn: its URL as httpx sends it (so as it was
@@ -222,6 +224,31 @@ class Run:
         """`cassette.save(finished=...)`, off the event loop, batched with the other saves."""
         if cassette.mode != "none":  # a replay from cassettes writes none
             await self.saver.save(cassette, finished)
+
+    def finish_soon(self, cassette: Cassette, rows: _JournaledRows | None) -> None:
+        """A conversation's last save (and, journaled, the emits of its rows once their saves
+        are done) while its worker goes on to the next conversation: waiting for the disk there
+        cost every worker a batch's save per conversation. A failure stops the run at a
+        worker's next conversation (`check`) or at the end (`drain`)."""
+        task = asyncio.ensure_future(_finish_conversation(self, cassette, rows))
+        self.finishing.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    def check(self) -> None:
+        """Raise the error a conversation's finish ended with."""
+        if self.failure is not None:
+            raise self.failure
+
+    async def drain(self) -> None:
+        """Wait for every conversation's finish; raise the first error one ended with."""
+        while self.finishing:
+            await asyncio.gather(*self.finishing, return_exceptions=True)
+        self.check()
 
     def save_soon(self, cassette: Cassette) -> None:
         """Queue the save of an unfinished conversation that was stopped; `aclose` writes it."""
@@ -523,9 +550,7 @@ async def _replay_conversation(
                 else:  # a row in the journal implies its recording is on disk
                     rows.add(result, saved=run.saver.save(cassette, finished=False)
                              if cassette.mode != "none" else None)  # mode none writes none
-            await run.save(cassette, finished=True)
-            if rows is not None:
-                await rows.finish()
+            run.finish_soon(cassette, rows)
         except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
             if rows is not None:
                 rows.closed = True
@@ -536,6 +561,18 @@ async def _replay_conversation(
         await one_provider(run.providers[0])
     else:
         await asyncio.gather(*(one_provider(p) for p in run.providers))
+
+
+async def _finish_conversation(run: Run, cassette: Cassette,
+                               rows: _JournaledRows | None) -> None:
+    try:
+        await run.save(cassette, finished=True)
+        if rows is not None:
+            await rows.finish()
+    except BaseException:  # stopped: no row is emitted after the run's end
+        if rows is not None:
+            rows.closed = True
+        raise
 
 
 def _row(exchange: _Exchange, row: dict, provider: Provider) -> TurnResult:
@@ -727,6 +764,7 @@ async def replay_async(
 
     async def worker() -> None:
         for conversation in queue:
+            run.check()
             await _replay_conversation(run, conversation, limiters, emit)
 
     workers = min(run.concurrency, max(1, len(dataset)))  # no idle worker
@@ -734,7 +772,9 @@ async def replay_async(
     with _fewer_collections():  # the frame of every row too: a full collection scans them all
         try:
             await asyncio.gather(*tasks)
+            await run.drain()
         except BaseException as exc:
+            tasks += run.finishing
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
