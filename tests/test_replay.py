@@ -325,3 +325,60 @@ def test_a_failed_last_save_stops_a_run_with_no_journal(stub, tmp_path, monkeypa
                cassette_dir=tmp_path, concurrency=2, progress=False)
     assert 0 < len(stub.requests) < len(data)
     assert not list(tmp_path.rglob("*.yaml"))  # no cassette claims to be complete
+
+
+def test_a_failed_save_of_a_last_turn_never_finishes_its_cassette(stub, tmp_path, monkeypatch):
+    """The disk is full for the one write that holds a conversation's last turn: that
+    conversation's cassette stays unfinished (a finished one would claim turns it lacks),
+    and running again resumes it without sending a journaled turn twice."""
+    import errno
+    import os
+    import threading
+    import time
+
+    from harness import cassettes
+    from harness.datasets import from_records
+
+    data = from_records([{"id": "c0", "messages": [
+        {"role": "user", "content": f"question {t}"} for t in range(1, 4)]}], name="last")
+    provider = stub_providers(stub.base_url)[:1]
+    write, fsync, failing = cassettes.Cassette.write, os.fsync, threading.Event()
+
+    def write_once(self, recorded, finished, **kwargs):
+        if not failing.is_set() and "question 3" in repr(recorded):
+            failing.set()  # this write's fsync fails
+        return write(self, recorded, finished, **kwargs)
+
+    def full_once(fd: int) -> None:
+        if threading.current_thread().name == "harness-saver" and failing.is_set() \
+                and not getattr(full_once, "done", False):
+            full_once.done = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    save = cassettes.CassetteSaver.save
+
+    def save_alone(self, cassette, finished=True):  # a batch of its own: the finish comes after
+        done = save(self, cassette, finished)
+        if not finished:
+            time.sleep(0.05)
+        return done
+
+    monkeypatch.setattr(cassettes.CassetteSaver, "save", save_alone)
+    monkeypatch.setattr(cassettes.Cassette, "write", write_once)
+    monkeypatch.setattr(cassettes.os, "fsync", full_once)
+    journal = tmp_path / "run.journal.jsonl"
+    run = dict(history="self", record_mode="once", cassette_dir=tmp_path / "cassettes",
+               journal=journal, concurrency=1, progress=False)
+    with pytest.raises(cassettes.CassetteWriteError, match="No space left on device"):
+        replay(data, provider, **run)
+    assert full_once.done
+    assert not list(tmp_path.rglob("c0.yaml"))  # unfinished: its partial file remains
+    sent = len(stub.requests)
+    assert sent == 3
+
+    frame = replay(data, provider, **run)
+    assert (frame["status"] == "ok").all() and list(frame["turn"]) == [1, 2, 3]
+    (cassette,) = tmp_path.rglob("c0.yaml")
+    assert len(read_cassette(cassette)) == 3
+    assert len(stub.requests) - sent <= 1  # at most the turn whose recording was lost

@@ -9,6 +9,7 @@ temp, partial or lock file behind.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import shutil
@@ -252,10 +253,12 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(project, uninte
 
 
 def _resumes_after_a_full_disk(project, expected, folder: Path, out: Path, fill, free,
-                               capsys, mode: str = "once") -> None:
+                               capsys, caplog, mode: str = "once") -> None:
     argv = project.command(mode, folder, out)
     fill()
     assert main(argv) == 2
+    gc.collect()  # a failed save no one looked at is logged now, with its traceback
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     line = err.strip()
@@ -276,7 +279,7 @@ def _resumes_after_a_full_disk(project, expected, folder: Path, out: Path, fill,
 
 @pytest.mark.parametrize("mode", ["once", "new_episodes", "all"])
 def test_a_full_disk_is_one_line_and_the_same_command_resumes(project, uninterrupted, tmp_path,
-                                                              monkeypatch, capsys, mode):
+                                                              monkeypatch, capsys, caplog, mode):
     """The disk fills at the 5th cassette write (simulated in-process: the fsync fails)."""
     _, expected = uninterrupted
     real_fsync, calls = os.fsync, [0]
@@ -291,10 +294,12 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(project, uninterru
         project, expected, tmp_path / "cassettes", tmp_path / "out.parquet",
         fill=lambda: monkeypatch.setattr(cassettes.os, "fsync", fsync),
         free=lambda: monkeypatch.setattr(cassettes.os, "fsync", real_fsync), capsys=capsys,
+        caplog=caplog,
         mode=mode)
 
 
-def test_a_real_full_disk_on_a_small_tmpfs(project, uninterrupted, tmp_path, capsys):
+def test_a_real_full_disk_on_a_small_tmpfs(project, uninterrupted, tmp_path, capsys,
+                                          caplog):
     _, expected = uninterrupted
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -308,7 +313,7 @@ def test_a_real_full_disk_on_a_small_tmpfs(project, uninterrupted, tmp_path, cap
             fill=lambda: None,
             free=lambda: subprocess.run(["mount", "-o", "remount,size=4m", str(disk)],
                                         check=True),
-            capsys=capsys)
+            capsys=capsys, caplog=caplog)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

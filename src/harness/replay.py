@@ -469,7 +469,9 @@ class _JournaledRows:
         self.flush()
         self.check()
 
-    def flush(self, *_: object) -> None:
+    def flush(self, saved: asyncio.Future | None = None) -> None:
+        if saved is not None and not saved.cancelled():
+            saved.exception()  # seen: else asyncio logs each later failed save at exit
         while self.waiting and not self.closed:
             result, fresh, saved = self.waiting[0]
             if saved is not None:
@@ -566,9 +568,9 @@ async def _replay_conversation(
 async def _finish_conversation(run: Run, cassette: Cassette,
                                rows: _JournaledRows | None) -> None:
     try:
+        if rows is not None:  # first: a finish renames the partial file, which must then
+            await rows.finish()  # hold every turn (a save that failed took its recordings)
         await run.save(cassette, finished=True)
-        if rows is not None:
-            await rows.finish()
     except BaseException:  # stopped: no row is emitted after the run's end
         if rows is not None:
             rows.closed = True
