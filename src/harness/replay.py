@@ -469,9 +469,9 @@ class _JournaledRows:
         self.flush()
         self.check()
 
-    def flush(self, saved: asyncio.Future | None = None) -> None:
-        if saved is not None and not saved.cancelled():
-            saved.exception()  # seen: else asyncio logs each later failed save at exit
+    def flush(self, settled: asyncio.Future | None = None) -> None:
+        if settled is not None and not settled.cancelled():
+            settled.exception()  # seen: else asyncio logs each later failed save at exit
         while self.waiting and not self.closed:
             result, fresh, saved = self.waiting[0]
             if saved is not None:
