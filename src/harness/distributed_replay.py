@@ -194,11 +194,8 @@ class _WorkerRun(Run):
         self.opened[key] = cassette
         return cassette
 
-    async def save(self, cassette: Cassette, finished: bool) -> None:
-        cassette.save(finished=finished)  # kept in memory, shipped back to the driver
-
     def finish_soon(self, cassette: Cassette, rows: object) -> None:
-        cassette.save(finished=True)  # now: the batch ships what the cassette holds
+        cassette.save(finished=True)  # now, in memory: the batch ships it to the driver
 
     def save_soon(self, cassette: Cassette) -> None:
         cassette.save(finished=False)
