@@ -29,7 +29,7 @@ def conversations(n: int, turns: int):
 def test_auto_concurrency_against_a_rate_limit_sends_every_turn_once_without_errors(tmp_path):
     dataset = conversations(16, 3)  # 48 turns, well past 6 a second even on a loaded machine
     retry = RetryPolicy(attempts=8, base=0.05, max_wait=2.0)
-    with AsyncStubServer(latency=0.02, rate=6) as stub:
+    with AsyncStubServer(latency=0.02, rate=6, keep_bodies=True) as stub:
         provider = stub_providers(stub.base_url)[0]
         frame = replay(dataset, [provider], history="self", record_mode="all",
                        cassette_dir=tmp_path, concurrency="auto", progress=False, retry=retry)
@@ -52,6 +52,7 @@ def test_token_limit_run_completes_every_turn(tmp_path):
         frame = replay(dataset, [provider], history="self", record_mode="all",
                        cassette_dir=tmp_path, concurrency=4, progress=False)
         assert stub.answered == 12
+        assert stub.bodies == []  # a load run's stub does not grow with every call it answers
     assert (frame["status"] == "ok").all() and len(frame) == 12
 
 

@@ -474,15 +474,18 @@ class AsyncStubServer:
     (a sliding one-second window; beyond it 429 with the Retry-After that frees a slot), as a
     provider's rate limit does. Run it in its own process (`serve-stub --asyncio`) to
     measure the client, or in a background thread: `with AsyncStubServer() as s: s.base_url`.
+    `keep_bodies=True` keeps every answered request body in `bodies`, for tests to check; off
+    by default, as a load run's stub would otherwise grow with every call it answers.
     """
 
     def __init__(self, port: int = 0, *, latency: float = 0.0, jitter: float = 0.0,
-                 rate: float | None = None, seed: int = 0):
+                 rate: float | None = None, seed: int = 0, keep_bodies: bool = False):
         self.requested_port, self.latency, self.jitter, self.rate = port, latency, jitter, rate
+        self.keep_bodies = keep_bodies
         self.random = random.Random(seed)
         self.answered = 0  # 200s
         self.refused = 0  # 429s
-        self.bodies: list[bytes] = []  # every answered request body, in order
+        self.bodies: list[bytes] = []  # with keep_bodies, every answered request body, in order
         self.port = 0
         self._window: collections.deque[float] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -521,7 +524,8 @@ class AsyncStubServer:
             status, payload, kind = answer(path, raw)
             if status == 200:
                 self.answered += 1
-                self.bodies.append(raw)
+                if self.keep_bodies:
+                    self.bodies.append(raw)
         return delay, (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
                        f"content-type: {kind}\r\ncontent-length: {len(payload)}\r\n"
                        f"{extra}\r\n".encode() + payload)
