@@ -180,8 +180,11 @@ def test_the_bridge_streams_every_protocol_from_the_real_model(smollm2, small_da
     # token counts come from each protocol's usage event: the plain run's, at temperature 0
     pd.testing.assert_frame_equal(plain[STREAM_SAME], live[STREAM_SAME])
     assert live["output_tokens"].gt(1).all() and live["itl_ms"].notna().all()
+    # streamed in pieces, not one whole reply; `any`, not `all`: on a loaded machine llama.cpp
+    # can hand a whole short reply to one chunk (seen in CI: 12 tokens, one event), and one
+    # event per upstream chunk is asserted exactly over the paced stub above
     for provider, bodies in _stream_bodies(tmp_path / "s").items():
-        assert all(len(re.findall(CONTENT_EVENTS[provider], b)) > 1 for b in bodies), provider
+        assert any(len(re.findall(CONTENT_EVENTS[provider], b)) > 1 for b in bodies), provider
     offline = replay(small_dataset, providers, cassette_dir=tmp_path / "s", stream=True, **kwargs)
     assert offline.attrs["run"]["timing"] == {"recorded": len(live)}
     pd.testing.assert_frame_equal(live, offline)
