@@ -485,6 +485,7 @@ class AsyncStubServer:
         self.random = random.Random(seed)
         self.answered = 0  # 200s
         self.refused = 0  # 429s
+        self.connections = 0  # opened to it so far
         self.bodies: list[bytes] = []  # with keep_bodies, every answered request body, in order
         self.port = 0
         self._window: collections.deque[float] = collections.deque()
@@ -572,6 +573,7 @@ class _StubConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.stub.connections += 1
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
