@@ -45,18 +45,18 @@ def test_calls_reuse_kept_alive_connections(tmp_path):
 
 def test_reads_under_one_timeout_end_each_at_its_own_deadline(tmp_path):
     """Many reads wait under one read timeout at once: those answered in time are never cut
-    off however long the run goes on past the first one's deadline, and those not answered
-    each end as a ReadTimeout row."""
-    with AsyncStubServer(latency=0.15) as quick, AsyncStubServer(latency=3.0) as silent:
-        providers = [stub_providers(quick.base_url)[0],
-                     stub_providers(silent.base_url)[0].model_copy(update={"name": "silent"})]
-        frame = replay(conversations(16, 4), providers, history="self", record_mode="all",
-                       cassette_dir=tmp_path, concurrency=8, progress=False, retry=NO_RETRY,
-                       timeout=0.5)
-    answered = frame[frame["provider"] != "silent"]
-    assert len(answered) == 64 and (answered["status"] == "ok").all()  # ~1.2 s of 0.15 s calls
-    cut_off = frame[(frame["provider"] == "silent") & (frame["turn"] == 1)]  # the rest skipped
-    assert len(cut_off) == 16 and (cut_off["error"] == "ReadTimeout").all()
+    off however long the run goes on past the first one's deadline, and those never answered
+    each end as a ReadTimeout row, round after round."""
+    def run(stub: AsyncStubServer, n: int):
+        return replay(conversations(n, 4), stub_providers(stub.base_url)[:1], history="self",
+                      record_mode="all", cassette_dir=tmp_path / str(stub.port), concurrency=8,
+                      progress=False, retry=NO_RETRY, timeout=0.8)
+
+    with AsyncStubServer(latency=0.1) as quick, AsyncStubServer(latency=3.0) as silent:
+        answered, cut_off = run(quick, 32), run(silent, 16)  # 1.6 s of 0.1 s calls; 2 rounds
+    assert len(answered) == 128 and (answered["status"] == "ok").all()
+    first_turns = cut_off[cut_off["turn"] == 1]  # the later turns are skipped
+    assert len(first_turns) == 16 and (first_turns["error"] == "ReadTimeout").all()
 
 
 @pytest.fixture
