@@ -99,21 +99,18 @@ class _Connection(asyncio.Protocol):
         """Wait until more bytes arrive or the peer closes; TimeoutError after `timeout`."""
         loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
-        if timeout is None:
-            try:
-                await waiter
-            finally:
-                self.waiter = None
-            return
-        deadlines = self.deadlines.get(timeout)
-        if deadlines is None or deadlines.loop is not loop:
-            deadlines = self.deadlines[timeout] = _Deadlines(loop, timeout)
-        deadlines.add(waiter)
+        deadlines = None
+        if timeout is not None:
+            deadlines = self.deadlines.get(timeout)
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = self.deadlines[timeout] = _Deadlines(loop, timeout)
+            deadlines.add(waiter)
         try:
             await waiter
         finally:
             self.waiter = None
-            deadlines.waiters.pop(waiter, None)
+            if deadlines is not None:
+                deadlines.waiters.pop(waiter, None)
 
     def usable(self, now: float) -> bool:
         return (self.transport is not None and not self.transport.is_closing() and not self.eof
