@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import httpx
@@ -92,6 +94,33 @@ def test_2k_generated_turns_replay_each_with_its_own_recording(tmp_path, seriali
     assert frame["input_tokens"].tolist() == [10 * t for _, t in expected]
     assert (frame["http_status"] == 200).all() and (frame["latency_ms"] == 12.5).all()
     assert (frame["attempts"] == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["none", "new_episodes"])
+def test_a_replay_from_cassettes_holds_only_the_cassettes_in_use(tmp_path, monkeypatch, mode):
+    """A replay served from cassettes never waits on the network, so nothing made a worker
+    yield: each conversation's finish waited to the end, holding its cassette, and at 100k
+    turns the cyclic collector spent a third of the replay scanning them."""
+    dataset = generated(tmp_path, 300, "json")
+    opened: list[weakref.ref] = []
+    most = [0]
+    real_open = Cassette.open.__func__
+
+    def tracked_open(cls, *args, **kwargs):
+        cassette = real_open(cls, *args, **kwargs)
+        opened.append(weakref.ref(cassette))
+        return cassette
+
+    def on_row(_row) -> None:
+        gc.collect()  # what is still alive is held, not merely uncollected
+        most[0] = max(most[0], sum(ref() is not None for ref in opened))
+
+    monkeypatch.setattr(Cassette, "open", classmethod(tracked_open))
+    frame = replay(dataset, [PROVIDER], record_mode=mode, cassette_dir=tmp_path,
+                   serializer="json", progress=False, on_row=on_row)
+
+    assert len(frame) == 1200 and (frame["status"] == "ok").all()
+    assert 1 <= most[0] <= 100, f"{most[0]} of 300 cassettes held at once"
 
 
 def test_identical_requests_get_their_recordings_in_order(tmp_path):

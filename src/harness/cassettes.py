@@ -938,42 +938,46 @@ class CassetteSaver:
                 jobs, self._jobs = self._jobs, []
                 if not jobs:
                     return
-            # per cassette, its saves merged in order: one write; per folder, one lock
-            merged: dict[int, list] = {}
-            for cassette, recorded, finished, done in jobs:
-                entry = merged.setdefault(id(cassette), [cassette, [], False, []])
-                entry[1] += recorded
-                entry[2] = entry[2] or finished
-                entry[3].append(done)
-            folders: dict[Path, list[list]] = {}
-            for entry in merged.values():
-                folders.setdefault(entry[0].path.parent, []).append(entry)
-            outcomes: list[tuple[list, BaseException | None]] = []
-            for folder, entries in folders.items():
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    lock = _locked(folder)
-                    lock.__enter__()
-                except BaseException as exc:
-                    outcomes += [(entry, exc) for entry in entries]
-                    continue
-                try:
-                    staged = [(entry, _Files()) for entry in entries]
-                    written = [(entry, files, _write_entry(entry, files))
-                               for entry, files in staged]
-                    # the fsyncs of a batch at once: on a disk they overlap rather than queue
-                    ready = [files for _, files, error in written if error is None]
-                    sync = self._writers.map if len(ready) > 1 else map
-                    synced = iter(list(sync(_settled, [files.sync for files in ready])))
-                    for entry, files, error in written:
-                        if error is None:
-                            error = next(synced)
-                        if error is None:
-                            error = _settled(files.finish)
-                        outcomes.append((entry, error))
-                finally:
-                    lock.__exit__(None, None, None)
-            _settle(outcomes)
+            self._write_batch(jobs)
+            del jobs  # its cassettes are not held while the thread waits for the next batch
+
+    def _write_batch(self, jobs: list[tuple[Cassette, list[dict], bool, Any]]) -> None:
+        # per cassette, its saves merged in order: one write; per folder, one lock
+        merged: dict[int, list] = {}
+        for cassette, recorded, finished, done in jobs:
+            entry = merged.setdefault(id(cassette), [cassette, [], False, []])
+            entry[1] += recorded
+            entry[2] = entry[2] or finished
+            entry[3].append(done)
+        folders: dict[Path, list[list]] = {}
+        for entry in merged.values():
+            folders.setdefault(entry[0].path.parent, []).append(entry)
+        outcomes: list[tuple[list, BaseException | None]] = []
+        for folder, entries in folders.items():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                lock = _locked(folder)
+                lock.__enter__()
+            except BaseException as exc:
+                outcomes += [(entry, exc) for entry in entries]
+                continue
+            try:
+                staged = [(entry, _Files()) for entry in entries]
+                written = [(entry, files, _write_entry(entry, files))
+                           for entry, files in staged]
+                # the fsyncs of a batch at once: on a disk they overlap rather than queue
+                ready = [files for _, files, error in written if error is None]
+                sync = self._writers.map if len(ready) > 1 else map
+                synced = iter(list(sync(_settled, [files.sync for files in ready])))
+                for entry, files, error in written:
+                    if error is None:
+                        error = next(synced)
+                    if error is None:
+                        error = _settled(files.finish)
+                    outcomes.append((entry, error))
+            finally:
+                lock.__exit__(None, None, None)
+        _settle(outcomes)
 
     @functools.cached_property
     def _writers(self) -> concurrent.futures.ThreadPoolExecutor:

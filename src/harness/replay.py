@@ -552,7 +552,8 @@ async def _replay_conversation(
                 else:  # a row in the journal implies its recording is on disk
                     rows.add(result, saved=run.saver.save(cassette, finished=False)
                              if cassette.mode != "none" else None)  # mode none writes none
-            run.finish_soon(cassette, rows)
+            if cassette.mode != "none":  # from cassettes: nothing to save, every row emitted
+                run.finish_soon(cassette, rows)
         except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
             if rows is not None:
                 rows.closed = True
@@ -768,6 +769,10 @@ async def replay_async(
         for conversation in queue:
             run.check()
             await _replay_conversation(run, conversation, limiters, emit)
+            if len(run.finishing) >= max(64, run.concurrency):  # a replay from cassettes
+                # never waits on the network: without this its finishes (and their cassettes)
+                # pile up until the end
+                await asyncio.wait(set(run.finishing), return_when=asyncio.FIRST_COMPLETED)
 
     workers = min(run.concurrency, max(1, len(dataset)))  # no idle worker
     tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
