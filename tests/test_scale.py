@@ -21,7 +21,7 @@ from conftest import ROOT
 from test_resume import KILLER
 
 from harness import replay, results
-from harness.cassettes import Cassette, cassette_path, read_cassette, write_cassette
+from harness.cassettes import Cassette, CassetteSaver, cassette_path, read_cassette, write_cassette
 from harness.cli import main
 from harness.datasets import conversation_turns, from_records
 from harness.messages import AssistantMessage
@@ -121,6 +121,30 @@ def test_a_replay_from_cassettes_holds_only_the_cassettes_in_use(tmp_path, monke
 
     assert len(frame) == 1200 and (frame["status"] == "ok").all()
     assert 1 <= most[0] <= 100, f"{most[0]} of 300 cassettes held at once"
+
+
+def test_a_journaled_replay_from_cassettes_queues_no_save(tmp_path, monkeypatch):
+    """Every turn recorded: mode new_episodes with a journal (as the CLI runs) sends nothing
+    and has nothing to write, so it hands the saver thread nothing (it used to queue a save
+    per turn and per conversation, which cost as much as the rest of the replay)."""
+    dataset = generated(tmp_path, 50, "json")
+    files = sorted((tmp_path / "scale").rglob("*.json"))
+    before = [f.read_bytes() for f in files]
+    queued = []
+    real_save = CassetteSaver.save
+
+    def counting_save(self, cassette, finished=True):
+        queued.append(cassette.path)
+        return real_save(self, cassette, finished)
+
+    monkeypatch.setattr(CassetteSaver, "save", counting_save)
+    frame = replay(dataset, [PROVIDER], record_mode="new_episodes", cassette_dir=tmp_path,
+                   serializer="json", progress=False, journal=tmp_path / "run.journal.jsonl")
+
+    assert len(frame) == 200 and (frame["status"] == "ok").all()
+    assert queued == []
+    assert sorted((tmp_path / "scale").rglob("*.json")) == files
+    assert [f.read_bytes() for f in files] == before
 
 
 def test_identical_requests_get_their_recordings_in_order(tmp_path):

@@ -652,6 +652,9 @@ class Cassette:
     # what this cassette last wrote to its partial file: the bytes, the interactions and
     # their text; a next save that finds the same bytes there neither parses nor renders them
     _partial: tuple[bytes, list[dict], list[str]] | None = field(default=None, repr=False)
+    # a partial file holds this cassette's unfinished recording (read at open, or written
+    # since): its last save makes that file the cassette
+    _in_partial: bool = False
     # mode `all` replaces a cassette written before this time (the run's start); one written
     # since then is this run's (another process's, or a stopped run's it continues)
     since: float = 0.0
@@ -671,6 +674,7 @@ class Cassette:
         raws = None
         if mode != "none":
             raws = _load_raw(partial_path(path), missing_ok=True, as_json=path.suffix == ".json")
+            cassette._in_partial = raws is not None
         if raws is None and (mode != "all" or _mtime(path) >= cassette.since):
             # in mode `all`, a cassette written since the run began is this run's (another
             # process's, or an interrupted run's it continues): replayed, not sent again
@@ -678,6 +682,12 @@ class Cassette:
             cassette.existed = raws is not None
         cassette._recordings = _interactions(path, raws or [])
         return cassette
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether a save has anything to do: recordings not saved yet, or a partial file to
+        make the cassette. A conversation replayed from its cassette queues no save."""
+        return bool(self._recorded) or self._in_partial
 
     @property
     def may_record(self) -> bool:
@@ -843,9 +853,9 @@ class Cassette:
                     raws = (self._on_disk() if raws is None else raws) + recorded
                     content, pieces = staged.write(partial, raws, as_json, known)
                     self._partial = None if pieces is None else (content, raws, pieces)
-                    wrote_partial = True
+                    wrote_partial = self._in_partial = True
             if finished:  # a killed writer's temp file of the cassette: no one else replaces it
-                self._partial = None
+                self._partial, self._in_partial = None, False
                 _temp_path(self.path).unlink(missing_ok=True)
                 if wrote_partial or partial.exists():
                     staged.rename(partial, self.path)

@@ -554,9 +554,9 @@ async def _replay_conversation(
                     emit(result)
                 else:  # a row in the journal implies its recording is on disk
                     rows.add(result, saved=run.saver.save(cassette, finished=False)
-                             if cassette.mode != "none" else None)  # mode none writes none
-            if cassette.mode != "none":  # from cassettes: nothing to save, every row emitted
-                run.finish_soon(cassette, rows)
+                             if cassette.unsaved else None)  # a replayed turn saves nothing
+            if cassette.unsaved or rows is not None and rows.waiting:
+                run.finish_soon(cassette, rows)  # else replayed: nothing to save, every row out
         except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
             if rows is not None:
                 rows.closed = True
