@@ -368,7 +368,10 @@ def measure_minimal(folder: Path, n_turns: int, fmt: str) -> dict:
     for conversation in dataset.conversations:
         path = cassette_path(root, dataset.name, PROVIDER.name, conversation.id, serializer)
         recorded = orjson.loads(path.read_bytes())["interactions"]
-        for turn, interaction in zip(conversation_turns(conversation), recorded, strict=True):
+        asked = conversation_turns(conversation)
+        if len(recorded) < len(asked):  # more is fine: a last, cut conversation shares a file
+            raise SystemExit(f"{path}: {len(asked)} turns, {len(recorded)} recordings")
+        for turn, interaction in zip(asked, recorded[:len(asked)], strict=True):
             body = encoder.encode(PROVIDER.build_body(list(turn.prefix), PARAMS)).encode()
             if interaction["request"]["body"].encode() != body:
                 raise SystemExit(f"{path}: turn {turn.turn} does not match its recording")
@@ -696,8 +699,8 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
         if not r:
             continue
         checks = [
-            (f"{r['seconds']:.1f} s" + (" (target < 30 s at 100k)" if biggest >= 100000 else ""),
-             biggest < 100000 or r["seconds"] < TARGET_SECONDS_100K),
+            (f"{r['seconds']:.1f} s" + (" (target < 30 s at 100k)" if biggest == 100000 else ""),
+             biggest != 100000 or r["seconds"] < TARGET_SECONDS_100K),
             (f"{r['seconds'] / floor['seconds']:.1f}x the json floor (target <= "
              f"{TARGET_FLOOR_RATIO:.0f}x)", r["seconds"] / floor["seconds"] <= TARGET_FLOOR_RATIO),
             (f"{r.get('cpu_s', math.inf) / floor.get('cpu_s', 1):.1f}x its CPU (target <= "
