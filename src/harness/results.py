@@ -113,6 +113,9 @@ _PANDAS = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype(),
 
 
 _VALUES = operator.itemgetter(*COLUMNS)
+# the frame's Arrow memory from the C allocator, not pyarrow's default (mimalloc): building
+# the 100k-row frame of an offline replay took 0.55 s through mimalloc, 0.21 s through malloc
+_POOL = pa.system_memory_pool()
 
 
 class ResultColumns:
@@ -156,9 +159,9 @@ def to_frame(rows: Iterable[TurnResult | dict] | ResultColumns, order: list[str]
             values = [tuple(r.get(c) for c in COLUMNS) for r in records]
         columns = [list(map(operator.itemgetter(i), values)) for i in range(len(COLUMNS))]
     try:  # through Arrow, column by column: values of the right types need no inference
-        table = pa.table({c: pa.array(columns[i], _ARROW[DTYPES[c]])
+        table = pa.table({c: pa.array(columns[i], _ARROW[DTYPES[c]], memory_pool=_POOL)
                           for i, c in enumerate(COLUMNS)})
-        frame = table.to_pandas(types_mapper=_PANDAS.get)
+        frame = table.to_pandas(types_mapper=_PANDAS.get, memory_pool=_POOL)
     except (pa.ArrowException, TypeError, ValueError):  # e.g. 3.7 in an Int64 column
         frame = pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)))
     frame = normalize(frame, providers)
