@@ -555,7 +555,7 @@ async def _replay_conversation(
                 else:  # a row in the journal implies its recording is on disk
                     rows.add(result, saved=run.saver.save(cassette, finished=False)
                              if cassette.unsaved else None)  # a replayed turn saves nothing
-            if cassette.unsaved or rows is not None and rows.waiting:
+            if cassette.unsaved or (rows is not None and rows.waiting):
                 run.finish_soon(cassette, rows)  # else replayed: nothing to save, every row out
         except BaseException:  # stopped: what was recorded is kept (queued behind its saves)
             if rows is not None:
