@@ -174,6 +174,31 @@ def _saved(frame: pd.DataFrame, folder: Path) -> Path:
     return results.save(frame, folder / "one.parquet")
 
 
+@pytest.mark.parametrize("on_dask", [False, True])
+def test_a_partial_file_holding_every_turn_becomes_the_cassette(client, small_dataset, tmp_path,
+                                                              on_dask):
+    """A run killed after its last call but before its last save leaves each conversation
+    in its partial file: the next run replays every turn from there, sends nothing, and
+    makes each partial file the cassette, in one process as on Dask workers."""
+    folder = tmp_path / "cassettes"
+    with StubServer() as stub:
+        providers = stub_providers(stub.base_url)
+        first = replay(small_dataset, providers, record_mode="once", cassette_dir=folder,
+                       progress=False)
+        finished = {p: p.read_bytes() for p in sorted(folder.rglob("*.yaml"))}
+        for path in finished:
+            path.rename(cassettes.partial_path(path))
+        stub.requests.clear()
+        again = replay(small_dataset, providers, record_mode="new_episodes",
+                       cassette_dir=folder, progress=False, client=client if on_dask else None)
+        assert stub.requests == []
+    pd.testing.assert_frame_equal(again, replay(small_dataset, providers, cassette_dir=folder,
+                                                progress=False))
+    assert len(again) == len(first) and (again["status"] == "ok").all()
+    assert leftovers(folder) == []
+    assert {p: p.read_bytes() for p in sorted(folder.rglob("*.yaml"))} == finished
+
+
 def test_a_dask_run_keeps_what_another_writer_recorded_into_its_cassettes(
         client, small_dataset, tmp_path, monkeypatch):
     """The driver merges its workers' recordings into the cassettes as they are on disk when it

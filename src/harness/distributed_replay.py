@@ -162,6 +162,11 @@ class _ShippedCassette(Cassette):
         cassette._recordings = cassettes_mod._interactions(files.path, raws or [])
         return cassette
 
+    @property
+    def unsaved(self) -> bool:
+        """`Cassette.unsaved`, of the shipped files: a partial one is made the cassette."""
+        return bool(self._recorded) or self.partial_raws is not None
+
     def save(self, *, finished: bool = True) -> None:
         """`Cassette.save`, into memory: the driver writes the files."""
         if self.mode == "none" or not (self._recorded or finished):
