@@ -223,7 +223,7 @@ class Run:
 
     async def save(self, cassette: Cassette, finished: bool) -> None:
         """`cassette.save(finished=...)`, off the event loop, batched with the other saves."""
-        if cassette.mode != "none":  # a replay from cassettes writes none
+        if cassette.unsaved:  # a conversation replayed from its cassette writes nothing
             await self.saver.save(cassette, finished)
 
     def finish_soon(self, cassette: Cassette, rows: _JournaledRows | None) -> None:
@@ -253,7 +253,7 @@ class Run:
 
     def save_soon(self, cassette: Cassette) -> None:
         """Queue the save of an unfinished conversation that was stopped; `aclose` writes it."""
-        if cassette.mode == "none":
+        if not cassette.unsaved:
             return
         done = self.saver.save(cassette, finished=False)
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # the stop is the error
