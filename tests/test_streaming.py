@@ -11,7 +11,7 @@ import vcr
 from conftest import stub_providers
 
 from harness import compare, replay
-from harness.cassettes import read_cassette
+from harness.cassettes import Interaction, read_cassette
 from harness.cli import main
 from harness.messages import Reply, ToolCall, Usage
 from harness.providers import protocol_module
@@ -168,3 +168,18 @@ def test_columns_count_tokens_from_usage_not_chunks():
     assert Timings.parse(stamps.header()) == stamps
     assert Timings.parse("ttft=1.5;bogus=2;end=x") == Timings(ttft=1.5)
     assert set(out) == set(TIMING_COLUMNS)
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"x-harness-latency-ms": ["12.5"], HEADER: ["ttfb=1.0;ttft=2.0;end=12.5"]},
+     (12.5, Timings(ttfb=1.0, ttft=2.0, end=12.5))),
+    ({"x-harness-latency-ms": ["12.5"], "content-type": ["application/json"]}, (12.5, None)),
+    ({"X-Harness-Latency-Ms": ["7"], "X-Harness-Timings": ["ttfb=3.0"]},  # spelled by hand
+     (7.0, Timings(ttfb=3.0))),
+    ({"Content-Type": ["application/json"]}, (None, None)),  # recorded by vcrpy
+    ({"x-harness-latency-ms": ["nan"]}, (None, None)),
+])
+def test_a_recording_gives_back_its_latency_and_stamps_however_its_headers_are_spelled(
+        headers, expected):
+    hit = Interaction("POST", "https://api.example.test/v1", {}, b"{}", 200, "OK", headers, b"{}")
+    assert hit.recorded_timing() == expected == (hit.latency_ms(), hit.timings())

@@ -145,6 +145,19 @@ class Interaction:
         """The stream timings harness recorded for this exchange, or None (not streamed)."""
         return Timings.parse(self.header(TIMINGS_HEADER))
 
+    def recorded_timing(self) -> tuple[float | None, Timings | None]:
+        """`latency_ms()` and `timings()`, as every replayed turn reads them. Harness writes
+        each header name in lower case: where the latency header is spelled so, so is the
+        stamps' if there is one, and no other spelling of it needs looking for."""
+        headers = self.response_headers
+        latency = headers.get(LATENCY_HEADER)
+        if type(latency) is not list or not latency:
+            return self.latency_ms(), self.timings()
+        value = float(latency[0] or "nan")
+        stamps = headers.get(TIMINGS_HEADER)
+        return (None if math.isnan(value) else value,
+                Timings.parse(stamps[0] if type(stamps) is list and stamps else stamps))
+
     def transport_error(self) -> str | None:
         """The error of a request that got no HTTP answer, as harness recorded it, or None."""
         if self.status != TRANSPORT_ERROR_STATUS:

@@ -366,7 +366,7 @@ async def _call(
             failure = hit.transport_error()
             if failure is None:
                 answer = hit.status, RecordedHeaders(hit), hit.response_body
-                exchange.latency_ms, exchange.timings = hit.latency_ms(), hit.timings()
+                exchange.latency_ms, exchange.timings = hit.recorded_timing()
                 exchange.timing = "recorded" if exchange.latency_ms is not None else None
         elif cassette.may_record:
             client = run.client  # made before the wait, so the limiter spaces the sends

@@ -19,6 +19,8 @@ def canonical_arguments(arguments: str) -> str:
 
 def calls_json(calls: Iterable[ToolCall]) -> str | None:
     """Tool calls as the JSON text of the `tool_calls` / `reference_tool_calls` columns."""
+    if not calls:  # most turns: both columns of every row ask
+        return None
     calls = list(calls)
     return json.dumps([c.model_dump() for c in calls], ensure_ascii=False) if calls else None
 

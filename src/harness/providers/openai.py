@@ -129,7 +129,7 @@ def content_text(content: Any) -> str:
 
 
 def _usage(usage: Any) -> Usage:
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict and not isinstance(usage, Mapping):  # JSON: a dict, seen fast
         return Usage()
     get = usage.get
     n_in = get("prompt_tokens")
@@ -164,7 +164,8 @@ def _tool_calls(message: Mapping[str, Any]) -> list[ToolCall]:
 
 
 def _from_completion(status: int, body: bytes, data: Any) -> Reply:
-    if not isinstance(data, Mapping) or not isinstance(data.get("choices"), list):
+    if (type(data) is not dict and not isinstance(data, Mapping)
+            or not isinstance(data.get("choices"), list)):
         if isinstance(data, Mapping) and data.get("error"):
             return error_reply(status, body, data)
         raise ValueError(f"invalid JSON response: no 'choices' in {str(data)[:200]}")
