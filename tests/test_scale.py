@@ -266,3 +266,34 @@ def test_cli_out_parquet_prints_the_same_summary(tmp_path, capsys):
     assert "200" in alone and "Summary" in alone
     assert streamed.startswith(alone.rstrip("\n"))
     assert f"wrote 200 rows to {tmp_path / 'r.parquet'}" in streamed.replace("\n", "")
+
+
+@pytest.mark.parametrize("odd", [None, "12"])  # "12": a count Arrow will not take as an int
+def test_rows_made_arrow_batches_as_they_come_give_the_same_frame(monkeypatch, odd):
+    """A run's rows become Arrow batches every `ResultColumns.BATCH` rows; the frame is the
+    one the same rows make at once, also when a later row holds a value pandas must coerce."""
+    rows = [results.TurnResult(conversation_id=f"c{i // 4}", turn=i % 4 + 1, provider="p",
+                               model="m", response=f"reply {i}", finish_reason="stop",
+                               input_tokens=odd if odd and i == 9 else i, output_tokens=2 * i,
+                               latency_ms=i / 3, status="ok", attempts=1)
+            for i in range(23)]
+    monkeypatch.setattr(results.ResultColumns, "BATCH", 4)
+    columns = results.ResultColumns()
+    for row in rows:
+        columns.append(row)
+    assert len(columns) == 23 and len(columns.batches) == (5 if odd is None else 2)
+    expected = results.to_frame(rows)
+    pd.testing.assert_frame_equal(results.to_frame(columns), expected)
+    assert expected["input_tokens"].tolist()[9] == (12 if odd else 9)
+
+
+def test_a_replay_whose_rows_fill_many_batches_gives_the_same_frame(tmp_path, monkeypatch):
+    dataset = generated(tmp_path, 50, "json")
+    whole = replay(dataset, [PROVIDER], cassette_dir=tmp_path, serializer="json",
+                   progress=False, concurrency=8)
+    monkeypatch.setattr(results.ResultColumns, "BATCH", 7)  # 200 rows, out of order: 28 batches
+    batched = replay(dataset, [PROVIDER], cassette_dir=tmp_path, serializer="json",
+                     progress=False, concurrency=8)
+    pd.testing.assert_frame_equal(batched, whole)
+    pairs = zip(batched["conversation_id"], batched["turn"], strict=True)
+    assert batched["response"].tolist() == [reply_text(c, t) for c, t in pairs]

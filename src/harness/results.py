@@ -118,24 +118,51 @@ _VALUES = operator.itemgetter(*COLUMNS)
 _POOL = pa.system_memory_pool()
 
 
+_SCHEMA = pa.schema([(c, _ARROW[DTYPES[c]]) for c in COLUMNS])
+
+
+def _batch(columns: list[list[Any]]) -> pa.RecordBatch | None:
+    """Columns of values as one Arrow batch of the result types; None when a value is not of
+    its column's type (e.g. 3.7 in an Int64 column), for pandas to infer."""
+    try:  # column by column: values of the right types need no inference
+        return pa.record_batch([pa.array(values, field.type, memory_pool=_POOL)
+                                for values, field in zip(columns, _SCHEMA, strict=True)],
+                               schema=_SCHEMA)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+
+
 class ResultColumns:
-    """Rows kept as one list per column, each row's values taken as it is added.
+    """Rows kept as one list per column, each row's values taken as it is added, and every
+    `BATCH` rows made one Arrow batch.
 
     A run's rows are read here while they are fresh in memory, not all at the end when they
     lie cold and scattered over the heap: at 100k turns that transposition took 0.85 s,
-    ~5% of an offline replay, and the rows' dicts are not held until the end either.
+    ~5% of an offline replay, and the rows' dicts are not held until the end either. So are
+    the batches, the values still in the CPU's cache; their Python objects go then too.
     """
+
+    BATCH = 4096
 
     def __init__(self) -> None:
         self.columns: list[list[Any]] = [[] for _ in COLUMNS]
+        self.batches: list[pa.RecordBatch] = []
+        self._typed = True  # False once a value would not take its column's type
         self._drain: collections.deque = collections.deque(maxlen=0)
 
     def append(self, result: TurnResult) -> None:
         # the appends run in C (a loop over the columns in Python costs 1.6x as much)
         self._drain.extend(map(list.append, self.columns, _VALUES(vars(result))))
+        if self._typed and len(self.columns[0]) >= self.BATCH:
+            batch = _batch(self.columns)
+            if batch is None:
+                self._typed = False
+            else:
+                self.batches.append(batch)
+                self.columns = [[] for _ in COLUMNS]
 
     def __len__(self) -> int:
-        return len(self.columns[0])
+        return sum(b.num_rows for b in self.batches) + len(self.columns[0])
 
 
 def to_frame(rows: Iterable[TurnResult | dict] | ResultColumns, order: list[str] | None = None,
@@ -146,8 +173,9 @@ def to_frame(rows: Iterable[TurnResult | dict] | ResultColumns, order: list[str]
     the run's providers, the order of the `provider` categories (without it: sorted by name).
     Rows sort by conversation, turn, then provider in that order.
     """
+    batches: list[pa.RecordBatch] = []
     if isinstance(rows, ResultColumns):
-        columns = rows.columns
+        batches, columns = rows.batches, rows.columns
     else:
         records = [vars(r) if isinstance(r, TurnResult) else r for r in rows]  # no asdict copy
         # each row's dict is read once, into a tuple (rows lie scattered over the heap, each
@@ -158,12 +186,13 @@ def to_frame(rows: Iterable[TurnResult | dict] | ResultColumns, order: list[str]
         except KeyError:  # a dict without every column
             values = [tuple(r.get(c) for c in COLUMNS) for r in records]
         columns = [list(map(operator.itemgetter(i), values)) for i in range(len(COLUMNS))]
-    try:  # through Arrow, column by column: values of the right types need no inference
-        table = pa.table({c: pa.array(columns[i], _ARROW[DTYPES[c]], memory_pool=_POOL)
-                          for i, c in enumerate(COLUMNS)})
+    last = _batch(columns)
+    if last is not None:
+        table = pa.Table.from_batches([*batches, last], schema=_SCHEMA)
         frame = table.to_pandas(types_mapper=_PANDAS.get, memory_pool=_POOL)
-    except (pa.ArrowException, TypeError, ValueError):  # e.g. 3.7 in an Int64 column
-        frame = pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)))
+    else:  # values of other types: pandas infers, and `normalize` coerces what it can
+        head = pa.Table.from_batches(batches, schema=_SCHEMA).to_pydict()
+        frame = pd.DataFrame({c: [*head[c], *columns[i]] for i, c in enumerate(COLUMNS)})
     frame = normalize(frame, providers)
     if order is not None:
         rank = {cid: i for i, cid in enumerate(order)}
