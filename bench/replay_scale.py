@@ -328,7 +328,11 @@ def measure_harness(folder: Path, n_turns: int, fmt: str) -> dict:
         ids = pq.read_table(out["out"], columns=["response_id"])["response_id"].to_pandas()
         frame = frame.assign(response_id=ids.to_numpy())
     ok = int((frame["status"] == "ok").sum())
-    mine = int((frame["response_id"] == "chatcmpl-" + frame["conversation_id"] + "-"
+    owner = frame["conversation_id"]  # whose recording each turn replays: its own, or above
+    if n_turns > LINK_ABOVE:  # LINK_ABOVE the one its cassette is a hard link to (`generate`)
+        sources = len(source_conversations())
+        owner = owner.map(lambda cid: f"c{int(cid[1:]) % sources:06d}")
+    mine = int((frame["response_id"] == "chatcmpl-" + owner + "-"
                 + frame["turn"].astype("string")).sum())
     return {"seconds": seconds, "cpu_s": cpu, "rows": len(frame), "ok": ok, "own_reply": mine,
             "peak_mb": peak_mb(), "dataset_peak_mb": dataset_mb, "lazy": lazy,
