@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -486,23 +487,22 @@ def dask_section(args: argparse.Namespace, workdir: Path, sizes: list[int], form
         if on_dask["ok"] != size:
             print(f"  !! dask {size}: {on_dask['ok']} of {size} ok", flush=True)
         rows.append((size, one, on_dask))
-    header = (f"{'offline ' + fmt:<18} {'turns':>9} {'1 process s':>12} {'1 proc peak MB':>15} "
-              f"{f'{args.dask_workers} Dask workers s':>18} {'speedup':>8} {'cluster start s':>16} "
-              f"{'driver peak MB':>15}")
-    print("\n" + header + "\n" + "-" * len(header))
+    header = (f"{'turns':>9} {'1 proc s':>9} {'peak MB':>8} {'Dask s':>8} {'speedup':>8} "
+              f"{'start s':>8} {'driver MB':>10}")
+    print(f"\noffline {fmt}, one process against {args.dask_workers} Dask workers (start: the "
+          "cluster's)\n" + header + "\n" + "-" * len(header))
     for size, one, on_dask in rows:
-        print(f"{'':<18} {size:>9} {one['seconds']:>12.2f} {one['peak_mb']:>15.0f} "
-              f"{on_dask['seconds']:>18.2f} "
-              f"{one['seconds'] / on_dask['seconds']:>7.2f}x {on_dask['cluster_s']:>16.1f} "
-              f"{on_dask['peak_mb']:>15.0f}")
+        print(f"{size:>9} {one['seconds']:>9.2f} {one['peak_mb']:>8.0f} "
+              f"{on_dask['seconds']:>8.2f} {one['seconds'] / on_dask['seconds']:>7.2f}x "
+              f"{on_dask['cluster_s']:>8.1f} {on_dask['peak_mb']:>10.0f}")
         if size > STREAM_ABOVE:
-            print(f"{'':<18} {size:>9}: results streamed to Parquet, the dataset lazy: its "
-                  f"first pass (validate + index) took {one.get('load_s', 0):.1f} s and the "
-                  f"process to {one.get('dataset_peak_mb', 0):.0f} MB; one process "
-                  f"{one.get('cpu_s', 0):.0f} s CPU, the Dask driver "
-                  f"{on_dask.get('driver_cpu_s', 0):.0f} s CPU")
-    print(f"(cores: {os.cpu_count()}; the driver, the scheduler and {args.dask_workers} workers "
-          "share them)")
+            say(f"{short(size)}: results streamed to Parquet, the dataset lazy: its first pass "
+                f"(validate + index) took {one.get('load_s', 0):.1f} s and the process to "
+                f"{one.get('dataset_peak_mb', 0):.0f} MB; one process "
+                f"{one.get('cpu_s', 0):.0f} s CPU, the Dask driver "
+                f"{on_dask.get('driver_cpu_s', 0):.0f} s CPU")
+    say(f"(cores: {os.cpu_count()}; the driver, the scheduler and {args.dask_workers} workers "
+        "share them)")
 
 
 # --- the CLI against the API, end to end -------------------------------------------------------
@@ -551,14 +551,29 @@ def cli_section(folder: Path, size: int, fmt: str, repeat: int) -> None:
         runs["api"].append(timed(api))
         runs["cli"].append(timed(cli))
     (api_wall, api_cpu), (cli_wall, cli_cpu) = (min(runs[k]) for k in ("api", "cli"))
-    print(f"\nCLI vs API, {size} turns offline ({fmt}), whole process, fastest of {repeat}: "
-          f"API {api_wall:.1f} s wall / {api_cpu:.1f} s CPU; CLI {cli_wall:.1f} s wall / "
-          f"{cli_cpu:.1f} s CPU; CLI/API {cli_wall / api_wall:.2f}x wall, "
-          f"{cli_cpu / api_cpu:.2f}x CPU (target <= 1.2x: "
-          f"{'ok' if cli_cpu / api_cpu <= 1.2 else 'MISSED'})", flush=True)
+    print()
+    say(f"CLI vs API, {size} turns offline ({fmt}), whole process, fastest of {repeat}: "
+        f"API {api_wall:.1f} s wall / {api_cpu:.1f} s CPU; CLI {cli_wall:.1f} s wall / "
+        f"{cli_cpu:.1f} s CPU; CLI/API {cli_wall / api_wall:.2f}x wall, "
+        f"{cli_cpu / api_cpu:.2f}x CPU (target <= 1.2x: "
+        f"{'ok' if cli_cpu / api_cpu <= 1.2 else 'MISSED'})")
 
 
 # --- the table -----------------------------------------------------------------------------
+
+
+def say(text: str, indent: str = "") -> None:
+    """Print prose wrapped to an 80-column terminal."""
+    print(textwrap.fill(text, 80, subsequent_indent=indent or "  ", break_on_hyphens=False),
+          flush=True)
+
+
+def short(turns: int) -> str:
+    """1000 -> 1k, 1000000 -> 1M."""
+    for unit, scale in (("M", 1_000_000), ("k", 1000)):
+        if turns >= scale and turns % scale == 0:
+            return f"{turns // scale}{unit}"
+    return str(turns)
 
 
 def fmt_seconds(result: dict | None, cap: float) -> str:
@@ -610,8 +625,8 @@ def main(argv: list[str] | None = None) -> None:
     formats = [f for f in args.formats.split(",") if f]
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="replay-scale-"))
     source = SOURCE if SOURCE.exists() else "synthesized conversations (mtbench101.jsonl absent)"
-    print(f"source: {source}; files in {workdir}; cores: {os.cpu_count()}; "
-          f"python {sys.version.split()[0]}", flush=True)
+    say(f"source: {source}; files in {workdir}; cores: {os.cpu_count()}; "
+        f"python {sys.version.split()[0]}")
     results: dict[tuple[str, int], dict] = {}
     try:
         for size in sizes:
@@ -640,9 +655,9 @@ def main(argv: list[str] | None = None) -> None:
             if big:
                 results[("vcrpy", size)] = run_measurement(["vcrpy", str(folder), str(size)],
                                                            args.cap)
-            line = "  ".join(f"{what} {fmt_seconds(r, args.cap)} s"
+            line = ", ".join(f"{what} {fmt_seconds(r, args.cap)} s"
                              for (what, n), r in results.items() if n == size)
-            print(f"{size:>7} turns: {line}", flush=True)
+            say(f"{size:>7} turns: {line}", " " * 15)
         print_table(results, sizes, formats, args.cap)
         cli_sizes = [s for s in sizes if s <= 100_000]
         if args.cli and cli_sizes:
@@ -655,8 +670,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(results: dict, sizes: list[int], formats: list[str], cap: float) -> None:
-    header = (f"{'measurement':<18} {'turns':>7} {'seconds':>12} {'turns/s':>9} "
-              f"{'/json floor':>11} {'CPU /floor':>10} {'vcrpy/this':>10} {'peak MB':>8}")
+    header = (f"{'measurement':<18} {'turns':>7} {'seconds':>10} {'turns/s':>7} "
+              f"{'/floor':>7} {'CPU/floor':>9} {'vs vcrpy':>8} {'peak MB':>7}")
     print("\n" + header + "\n" + "-" * len(header))
     for size in sizes:
         floor = results.get(("floor", size))
@@ -668,10 +683,10 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
             if r.get("over_cap"):
                 loaded = (f"cassette loaded in {r['loaded_s']:.1f} s, then "
                           if r.get("loaded_s") is not None else "still loading the cassette: ")
-                print(f"{what:<18} {size:>7} {fmt_seconds(r, cap):>12} "
-                      f"{'< ' + format(r['done'] / cap, '.0f'):>9} {'':>11} {'':>10} {'':>10} "
-                      f"{'':>8}"
-                      f"   ({loaded}{r['done']} of {size} replayed within the cap)")
+                print(f"{what:<18} {size:>7} {fmt_seconds(r, cap):>10} "
+                      f"{'< ' + format(r['done'] / cap, '.0f'):>7}")
+                say(f"{'':<18} ({loaded}{r['done']} of {size} replayed within the cap)",
+                    " " * 20)
                 continue
             per_floor = f"{r['seconds'] / floor['seconds']:.1f}x" if floor else "-"
             cpu_floor = (f"{r['cpu_s'] / floor['cpu_s']:.1f}x"  # what neighbours barely move
@@ -680,8 +695,8 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
             if what.startswith("harness") and vc is not None:
                 vs = (f"> {cap / r['seconds']:.0f}x" if vc.get("over_cap")
                       else f"{vc['seconds'] / r['seconds']:.0f}x")
-            print(f"{what:<18} {size:>7} {r['seconds']:>12.3f} {size / r['seconds']:>9.0f} "
-                  f"{per_floor:>11} {cpu_floor:>10} {vs:>10} {r['peak_mb']:>8.0f}")
+            print(f"{what:<18} {size:>7} {r['seconds']:>10.3f} {size / r['seconds']:>7.0f} "
+                  f"{per_floor:>7} {cpu_floor:>9} {vs:>8} {r['peak_mb']:>7.0f}")
     print()
     pairs = [(a, b) for a, b in zip(sizes, sizes[1:], strict=False) if b > a]
     for what in ["floor", *(f"harness {f}" for f in formats)]:
@@ -695,8 +710,8 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
                     # below 10k, fixed costs (imports) still show
                     flag = "ok" if per_turn <= TARGET_GROWTH else "MISSED"
                     target = f" (target <= x{TARGET_GROWTH}: {flag})"
-                print(f"growth {what} {a}->{b}: exponent {exponent:.2f}, "
-                      f"per-turn time x{per_turn:.2f}{target}")
+                say(f"growth {what} {short(a)}->{short(b)}: exponent {exponent:.2f}, "
+                    f"per-turn time x{per_turn:.2f}{target}")
     biggest = max(sizes)
     for f in formats:
         r, floor = results.get((f"harness {f}", biggest)), results.get(("floor", biggest))
@@ -713,16 +728,17 @@ def print_table(results: dict, sizes: list[int], formats: list[str], cap: float)
             (f"peak {r['peak_mb']:.0f} MB (target < 2048 MB)", r["peak_mb"] < TARGET_PEAK_MB),
         ]
         if f == "vcrpy-yaml":  # not harness's format: what reading vcrpy's own files costs
-            print(f"harness {f} at {biggest} turns: {checks[0][0]}, "
-                  f"{r['seconds'] / floor['seconds']:.1f}x the json floor (no target: "
-                  "cassettes as vcrpy writes them, parsed by libyaml)")
+            say(f"harness {f} at {biggest} turns: {checks[0][0]}, "
+                f"{r['seconds'] / floor['seconds']:.1f}x the json floor (no target: "
+                "cassettes as vcrpy writes them, parsed by libyaml)")
             continue
-        line = "; ".join(f"{text} {'ok' if good else 'MISSED'}" for text, good in checks)
-        print(f"harness {f} at {biggest} turns: {line}")
+        print(f"harness {f} at {biggest} turns:")
+        for text, good in checks:
+            print(f"  {text}: {'ok' if good else 'MISSED'}")
         minimal = results.get(("minimal", biggest))
         if minimal:
-            print(f"  the minimal replay: {minimal['seconds'] / floor['seconds']:.1f}x the json "
-                  f"floor; harness {f} is {r['seconds'] / minimal['seconds']:.1f}x it")
+            say(f"  the minimal replay: {minimal['seconds'] / floor['seconds']:.1f}x the json "
+                f"floor; harness {f} is {r['seconds'] / minimal['seconds']:.1f}x it", "    ")
 
 
 if __name__ == "__main__":
