@@ -34,6 +34,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -203,11 +204,12 @@ def main() -> None:
             r = run_one(args, url, "auto")
             achieved = r["turns"] / r["wall"]
             calls = r["turns"] + r["refused"]
-            print(f"rate limit {args.rate:g}/s, concurrency auto: {r['wall']:.2f} s, achieved "
-                  f"{achieved:.1f} turns/s = {achieved / args.rate:.1%} of the limit, "
-                  f"429s {r['refused']} of {calls} calls = {r['refused'] / calls:.2%}, "
-                  f"errors {r['errors']}, turns {r['turns']}/{r['expected']}, "
-                  f"duplicates {r['duplicates']}")
+            print(textwrap.fill(
+                f"rate limit {args.rate:g}/s, concurrency auto: {r['wall']:.2f} s, achieved "
+                f"{achieved:.1f} turns/s = {achieved / args.rate:.1%} of the limit, "
+                f"429s {r['refused']} of {calls} calls = {r['refused'] / calls:.2%}, "
+                f"errors {r['errors']}, turns {r['turns']}/{r['expected']}, "
+                f"duplicates {r['duplicates']}", 80, subsequent_indent="  "))
             return
         print(f"{'C':>5} {'wall s':>7} {'ideal s':>7} {'ratio':>6} {'CPU/turn':>8} "
               f"{'offline':>7} {'peak MB':>7} {'ok':>9} {'raw':>6} {'raw CPU':>7}")
