@@ -6,8 +6,9 @@ Measures the demo (replayed offline from the shipped cassettes, against a baseli
 changed rows) and a synthetic run of TURNS turns x PROVIDERS providers. Time to first render
 is from navigation start to the end of the page's first render (a performance mark), and
 to first contentful paint. With --screenshots, saves the demo's matrix, thread and diff at
-1400 px wide. `sig cpu s` is the CPU the page's Significance section costs alone (it is part
-of `build s`); --scores adds the `exact` and `similarity` scores to the synthetic run first.
+1400 px wide. `sig CPU` is the CPU seconds the page's Significance section costs alone (part
+of `build s`), `heap MB` the page's JS heap; --scores adds the `exact` and `similarity`
+scores to the synthetic run first.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         folder = Path(tmp)
         browser = pw.chromium.launch(executable_path=chromium, args=ARGS)
-        print(f"{'page':<28} {'rows':>7} {'build s':>8} {'sig cpu s':>10} {'MB':>7} {'render ms':>10} "
-              f"{'FCP ms':>8} {'JS heap MB':>11}")
+        print(f"{'page':<18} {'rows':>7} {'build s':>7} {'sig CPU':>7} {'MB':>6} "
+              f"{'render ms':>9} {'FCP ms':>7} {'heap MB':>7}")
         big = synthetic(folder, args.turns, args.providers)
         if args.scores:
             big = ([(name, scores.score(frame, ["exact", "similarity"])) for name, frame in big[0]],
@@ -135,11 +136,11 @@ def main() -> None:
             best = min((measure(browser, path, shots if k == 0 else None) for k in range(3)),
                        key=lambda m: m["rendered"])
             assert not best["outside"], best["outside"]
-            fcp = f"{best['fcp']:8.0f}" if best["fcp"] is not None else f"{'-':>8}"
-            heap = f"{best['heap_mb']:11.1f}" if best["heap_mb"] else f"{'-':>11}"
-            print(f"{label:<28} {len(runs[0][1]):>7} {build:8.2f} {sig:10.2f} "
-                  f"{path.stat().st_size / 2**20:7.2f} "
-                  f"{best['rendered']:10.0f} {fcp} {heap}")
+            fcp = f"{best['fcp']:7.0f}" if best["fcp"] is not None else f"{'-':>7}"
+            heap = f"{best['heap_mb']:7.1f}" if best["heap_mb"] else f"{'-':>7}"
+            print(f"{label:<18} {len(runs[0][1]):>7} {build:7.2f} {sig:7.2f} "
+                  f"{path.stat().st_size / 2**20:6.2f} "
+                  f"{best['rendered']:9.0f} {fcp} {heap}")
         browser.close()
 
 
