@@ -20,6 +20,7 @@ process per scorer, which a machine shared with other jobs disturbs less).
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 
 import numpy as np
@@ -97,11 +98,12 @@ def main() -> None:
     seconds, out = timed(lambda: significance.significance(scored, "rouge_l"))
     print(f"{'significance, 2 providers':<28}{seconds:>10.3f}{n / seconds:>12.0f}"
           f"{seconds / mean_base:>12.1f}")
-    print("  " + out["pairs"]["sentence"].iloc[0])
+    print(textwrap.fill(out["pairs"]["sentence"].iloc[0], 80, initial_indent="  ",
+                        subsequent_indent="    "))
     three = scores.score(synthetic(args.rows, 3), ["rouge_l"])
     seconds, out = timed(lambda: significance.significance(three, "rouge_l"))
     print(f"{'significance, 3 providers':<28}{seconds:>10.3f}{len(three) / seconds:>12.0f}"
-          f"{seconds / mean_base:>12.1f}   (incl. Bradley-Terry, {len(three)} rows)")
+          f"{seconds / mean_base:>12.1f}\n  (Bradley-Terry included, {len(three)} rows)")
 
 
 if __name__ == "__main__":
