@@ -138,8 +138,7 @@ class Interaction:
 
     def latency_ms(self) -> float | None:
         """The latency harness recorded for this exchange, or None (vcrpy records none)."""
-        value = float(self.header(LATENCY_HEADER) or "nan")
-        return None if math.isnan(value) else value
+        return _latency(self.header(LATENCY_HEADER))
 
     def timings(self) -> Timings | None:
         """The stream timings harness recorded for this exchange, or None (not streamed)."""
@@ -153,9 +152,8 @@ class Interaction:
         latency = headers.get(LATENCY_HEADER)
         if type(latency) is not list or not latency:
             return self.latency_ms(), self.timings()
-        value = float(latency[0] or "nan")
         stamps = headers.get(TIMINGS_HEADER)
-        return (None if math.isnan(value) else value,
+        return (_latency(latency[0]),
                 Timings.parse(stamps[0] if type(stamps) is list and stamps else stamps))
 
     def transport_error(self) -> str | None:
@@ -169,6 +167,12 @@ class Interaction:
             return str(json.loads(self.response_body)["harness_transport_error"])
         except (ValueError, KeyError, TypeError):
             return kind
+
+
+def _latency(value: str | None) -> float | None:
+    """A recorded latency header's milliseconds; None for none (or "nan")."""
+    latency = float(value or "nan")
+    return None if math.isnan(latency) else latency
 
 
 def _header(headers: dict[str, list[str]], name: str) -> str | None:

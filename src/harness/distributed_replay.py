@@ -169,9 +169,7 @@ class _ShippedCassette(Cassette):
 
     def save(self, *, finished: bool = True) -> None:
         """`Cassette.save`, into memory: the driver writes the files."""
-        if self.mode == "none" or not (self._recorded or finished):
-            return
-        if not self._recorded and self.partial_raws is None:
+        if self.mode == "none" or not self.unsaved or not (self._recorded or finished):
             return
         if self._recorded:
             if self.partial_raws is not None:
