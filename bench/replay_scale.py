@@ -91,6 +91,11 @@ def source_conversations() -> list[dict]:
     return out
 
 
+def conversation_id(n: int) -> str:
+    """The id of the dataset's n-th conversation."""
+    return f"c{n:06d}"
+
+
 def write_dataset(n_turns: int, folder: Path) -> Path:
     """`scale-<n>.jsonl`: source conversations repeated under distinct ids, `n_turns` user turns."""
     sources = source_conversations()
@@ -106,7 +111,7 @@ def write_dataset(n_turns: int, folder: Path) -> Path:
                         break
                     users += 1
                 messages.append(m)
-            fh.write(json.dumps({"id": f"c{n:06d}", **record, "messages": messages},
+            fh.write(json.dumps({"id": conversation_id(n), **record, "messages": messages},
                                 ensure_ascii=False) + "\n")
             left -= users
             n += 1
@@ -332,7 +337,7 @@ def measure_harness(folder: Path, n_turns: int, fmt: str) -> dict:
     owner = frame["conversation_id"]  # whose recording each turn replays: its own, or above
     if n_turns > LINK_ABOVE:  # LINK_ABOVE the one its cassette is a hard link to (`generate`)
         sources = len(source_conversations())
-        owner = owner.map(lambda cid: f"c{int(cid[1:]) % sources:06d}")
+        owner = owner.map(lambda cid: conversation_id(int(cid[1:]) % sources))
     mine = int((frame["response_id"] == "chatcmpl-" + owner + "-"
                 + frame["turn"].astype("string")).sum())
     return {"seconds": seconds, "cpu_s": cpu, "rows": len(frame), "ok": ok, "own_reply": mine,
