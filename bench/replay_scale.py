@@ -56,7 +56,7 @@ import orjson
 from harness import cassettes
 from harness.cassettes import LATENCY_HEADER, SCRUBBED, cassette_path, write_cassette
 from harness.datasets import conversation_turns, load_dataset
-from harness.providers import Provider
+from harness.providers import Provider, encode_body
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "fixtures" / "datasets" / "mtbench101.jsonl"
@@ -119,8 +119,8 @@ def write_dataset(n_turns: int, folder: Path) -> Path:
 
 
 def request_body(prefix) -> bytes:
-    """What replay.py sends for a prefix: the provider's body as compact-ish UTF-8 JSON."""
-    return json.dumps(PROVIDER.build_body(list(prefix), PARAMS), ensure_ascii=False).encode("utf-8")
+    """What replay.py sends for a prefix: the provider's body as harness encodes it."""
+    return encode_body(PROVIDER.build_body(list(prefix), PARAMS))
 
 
 def response_body(conversation_id: str, turn: int, text: str, prompt_bytes: int) -> str:
@@ -369,7 +369,6 @@ def measure_minimal(folder: Path, n_turns: int, fmt: str) -> dict:
 
     dataset = load_dataset(folder / f"scale-{n_turns}.jsonl")
     root, serializer = cassette_root(folder, fmt)
-    encoder = json.JSONEncoder(ensure_ascii=False)
     started, cpu = time.perf_counter(), time.process_time()
     columns: dict[str, list] = {name: [] for name in (
         "conversation_id", "turn", "response", "finish_reason", "input_tokens",
@@ -382,7 +381,7 @@ def measure_minimal(folder: Path, n_turns: int, fmt: str) -> dict:
         if len(recorded) < len(asked):  # more is fine: a last, cut conversation shares a file
             raise SystemExit(f"{path}: {len(asked)} turns, {len(recorded)} recordings")
         for turn, interaction in zip(asked, recorded[:len(asked)], strict=True):
-            body = encoder.encode(PROVIDER.build_body(list(turn.prefix), PARAMS)).encode()
+            body = encode_body(PROVIDER.build_body(list(turn.prefix), PARAMS))
             if interaction["request"]["body"].encode() != body:
                 raise SystemExit(f"{path}: turn {turn.turn} does not match its recording")
             response = interaction["response"]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import httpx
 import pandas as pd
 import pytest
 from conftest import stub_providers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import replay
-from harness.cassettes import Cassette, MissingRecording, read_cassette
-from harness.providers import Provider, ProviderConfigError
+from harness.cassettes import Cassette, MissingRecording, read_cassette, write_cassette
+from harness.providers import Provider, ProviderConfigError, encode_body
 from harness.results import COLUMNS
 
 
@@ -212,6 +218,58 @@ def test_json_cassettes_round_trip_and_load_in_vcrpy(stub, small_dataset, tmp_pa
     offline = replay(small_dataset, providers, cassette_dir=tmp_path, serializer="json",
                      progress=False)
     pd.testing.assert_frame_equal(recorded, offline)
+
+
+def test_bodies_are_sent_compact_and_older_spaced_recordings_still_replay(stub, small_dataset,
+                                                                          tmp_path):
+    providers = stub_providers(stub.base_url)[:2]
+    recorded = replay(small_dataset, providers, record_mode="all", cassette_dir=tmp_path,
+                      serializer="json", progress=False)
+    files = sorted(tmp_path.rglob("*.json"))
+    for path in files:  # what was sent is what was recorded: compact JSON, keys in order
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for interaction in data["interactions"]:
+            body = interaction["request"]["body"]
+            assert body == json.dumps(json.loads(body), ensure_ascii=False,
+                                      separators=(",", ":"))
+            # as json.dumps writes it: the bodies of earlier harness versions and other tools
+            interaction["request"]["body"] = json.dumps(json.loads(body), ensure_ascii=False)
+        path.write_text(json.dumps(data), encoding="utf-8")
+    stub.__exit__()
+    offline = replay(small_dataset, providers, cassette_dir=tmp_path, serializer="json",
+                     progress=False)
+    pd.testing.assert_frame_equal(recorded, offline)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bodies=st.lists(st.dictionaries(st.text(), JSON, max_size=5), min_size=2, max_size=4,
+                      unique_by=lambda body: json.dumps(body, sort_keys=True)))
+def test_a_body_matches_its_recording_however_json_dumps_spaced_it(bodies):
+    url = "http://127.0.0.1:1/v1/chat/completions"
+    recordings = [{"request": {"body": json.dumps(b, ensure_ascii=False), "headers": {},
+                               "method": "POST", "uri": url},
+                   "response": {"body": {"string": str(i)}, "headers": {},
+                                "status": {"code": 200, "message": "OK"}}}
+                  for i, b in enumerate(bodies)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.json"
+        write_cassette(path, recordings)
+        in_order, out_of_order = Cassette.open(path), Cassette.open(path)
+    for i, body in enumerate(bodies):
+        sent = encode_body(body)
+        assert json.loads(sent) == body
+        assert in_order.take("POST", url, sent).response_body == str(i).encode()
+    assert in_order._by_key is None  # in recorded order: no recording parsed into the index
+    for i, body in reversed(list(enumerate(bodies))):  # else the index answers
+        hit = out_of_order.take("POST", url, encode_body(body))
+        assert json.loads(hit.request_body) == body and hit.response_body == str(i).encode()
 
 
 def _columns(rows):

@@ -32,6 +32,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._common import encode_body as encode_body  # public: the bytes a body is sent as
+
 PROTOCOLS = {
     "openai": "openai",
     "cohere-v1": "cohere_v1",

@@ -61,6 +61,21 @@ def make_usage(input_tokens: Any = None, output_tokens: Any = None, total_tokens
                  usage_raw=raw_json(raw))
 
 
+# a body's fallback: what orjson refuses (an int beyond 64 bits), in the same compact form
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def encode_body(body: Any) -> bytes:
+    """A request body as the bytes sent (and recorded): compact UTF-8 JSON, keys in order.
+
+    Compact like httpx's own `json=` since 0.28; through orjson, ~20x faster than the
+    standard library's encoder, which at scale cost a tenth of an offline replay."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return _COMPACT.encode(body).encode("utf-8")
+
+
 def raw_json(value: Any) -> str | None:
     """A provider's usage object as compact JSON text (None when it sent none)."""
     if value is None or value == {}:

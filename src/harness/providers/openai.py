@@ -157,7 +157,7 @@ def _tool_calls(message: Mapping[str, Any]) -> list[ToolCall]:
         for c in message.get("tool_calls") or [] if isinstance(c, Mapping)
     ]
     legacy = message.get("function_call")
-    if isinstance(legacy, Mapping):
+    if legacy is not None and isinstance(legacy, Mapping):  # None: no slow ABC check per turn
         calls.append(ToolCall(name=legacy.get("name") or "",
                               arguments=arguments_text(legacy.get("arguments"))))
     return calls
