@@ -50,7 +50,7 @@ import orjson
 import yaml
 from filelock import FileLock
 
-from .providers import is_secret_name
+from .providers import encode_body, is_secret_name
 from .timings import HEADER as TIMINGS_HEADER
 from .timings import Timings
 from .transport import Answer, Prepared
@@ -401,9 +401,9 @@ def canonical_body(body: bytes) -> bytes:
 
 
 def _compact(body: bytes) -> bytes | None:
-    """A JSON body as harness sends one (`encode_body`): keys in their order, no spaces."""
+    """A recorded JSON body as harness sends one now: keys in their order, no spaces."""
     try:
-        return orjson.dumps(orjson.loads(body), option=orjson.OPT_NON_STR_KEYS)
+        return encode_body(orjson.loads(body))
     except (TypeError, ValueError):  # not JSON, or not what orjson reads: the index decides
         return None
 
